@@ -1,0 +1,4 @@
+"""Neural-network modules."""
+from .scalar_mix import ScalarMix
+
+__all__ = ["ScalarMix"]

@@ -1,0 +1,73 @@
+"""``bermo.nn.ScalarMix``: a drop-in replacement for AllenNLP's ``ScalarMix`` backed by fused kernels."""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Union
+
+import torch
+from torch.nn import Parameter, ParameterList
+
+from .. import backends
+from ..errors import ConfigurationError
+from ..ops.scalar_mix import TensorsArg, scalar_mix
+
+
+class ScalarMix(torch.nn.Module):
+    """``gamma * sum_k softmax(s)_k * tensors[k]``, one learned scalar ``s_k`` per tensor plus one ``gamma``.
+
+    Same constructor, ``forward`` and ``state_dict`` keys (``scalar_parameters.0 .. N-1``, ``gamma``) as
+    ``allennlp.modules.scalar_mix.ScalarMix``, so AllenNLP checkpoints load as they are. With
+    ``do_layer_norm=True`` every tensor is first normalised with ONE mean and ONE variance over all of its
+    unmasked elements (AllenNLP's masked layer norm; ``mask`` of shape ``tensors[0].shape[:-1]``).
+
+    Differences from AllenNLP: ``tensors`` may also be one stacked ``(L, ...)`` tensor; float16/bfloat16
+    inputs give an output of the input dtype (AllenNLP promotes them to float32), accumulation being float32
+    either way; the backend (``triton``, ``cpu`` or ``reference``) is chosen per call from the tensors'
+    device, overridable with ``backend=`` or ``$BERMO_BACKEND`` (see ``bermo.backends``).
+    """
+
+    def __init__(self, mixture_size: int, do_layer_norm: bool = False,
+                 initial_scalar_parameters: Optional[List[float]] = None, trainable: bool = True,
+                 backend: Optional[str] = None) -> None:
+        super().__init__()
+        if isinstance(mixture_size, bool) or not isinstance(mixture_size, int) or mixture_size < 1:
+            raise ConfigurationError(f"mixture_size must be a positive integer, got {mixture_size!r}")
+        self.mixture_size = mixture_size
+        self.do_layer_norm = do_layer_norm
+        if initial_scalar_parameters is None:
+            initial_scalar_parameters = [0.0] * mixture_size
+        elif len(initial_scalar_parameters) != mixture_size:
+            raise ConfigurationError(
+                "Length of initial_scalar_parameters {} differs from mixture_size {}".format(
+                    initial_scalar_parameters, mixture_size))
+        self.scalar_parameters = ParameterList(
+            [Parameter(torch.tensor([float(v)], dtype=torch.float32), requires_grad=trainable)
+             for v in initial_scalar_parameters])
+        self.gamma = Parameter(torch.tensor([1.0], dtype=torch.float32), requires_grad=trainable)
+        if backend is not None:
+            backends.requested(backend)  # fail early on a misspelt name
+        self.backend = backend
+
+    def forward(self, tensors: TensorsArg, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        count = self._count(tensors)
+        if count != self.mixture_size:
+            raise ConfigurationError("{} tensors were passed, but the module was initialized to mix {} tensors.".format(
+                count, self.mixture_size))
+        scalars = torch.cat(list(self.scalar_parameters))
+        return scalar_mix(tensors, scalars, self.gamma, mask=mask, do_layer_norm=self.do_layer_norm,
+                          backend=self.backend)
+
+    def mixing_weights(self) -> torch.Tensor:
+        """The current normalised weights ``softmax(s)`` (detached, shape (mixture_size,))."""
+        return torch.softmax(torch.cat([p.detach() for p in self.scalar_parameters]), dim=0)
+
+    @staticmethod
+    def _count(tensors) -> Optional[int]:
+        if isinstance(tensors, torch.Tensor):
+            return tensors.shape[0] if tensors.dim() > 0 else None
+        try:
+            return len(tensors)
+        except TypeError:
+            return None
+
+    def extra_repr(self) -> str:
+        return f"mixture_size={self.mixture_size}, do_layer_norm={self.do_layer_norm}, backend={self.backend}"

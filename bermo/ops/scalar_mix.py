@@ -1,0 +1,275 @@
+"""The scalar mix ``gamma * sum_k softmax(s)_k * t_k`` as an op: validation, backend dispatch, the custom ops
+that wrap the fused kernels (opaque to ``torch.compile``), and the autograd Function that chains them.
+
+Math of the fused path (w = softmax(s), L layers, g the output gradient, sums over every element):
+
+* plain mix: ``out = sum_k c_k t_k`` with ``c_k = gamma w_k``; ``grad t_k = c_k g``; ``d_k = <g, t_k>``.
+* layer-normed mix (AllenNLP's masked layer norm, one mean/variance per layer over the M unmasked elements):
+  ``n_k = (t_k - mu_k) r_k`` with ``r_k = 1 / sqrt(var_k + eps)``; ``out = sum_k c_k t_k + b`` with
+  ``c_k = gamma w_k r_k`` and ``b = -sum_k c_k mu_k``; ``d_k = <g, n_k> = r_k e_k`` with
+  ``e_k = <g, t_k - mu_k>``; and, m the row mask,
+  ``grad t_k = c_k g - m (c_k S / M + c_k r_k^2 e_k / M (t_k - mu_k))`` with ``S = sum g``.
+* either way ``grad gamma = sum_k w_k d_k`` and, through the softmax with ``q_k = gamma d_k``,
+  ``grad s_k = w_k (q_k - sum_j w_j q_j)``.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from .. import backends
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+OP_NAME = "ScalarMix"
+
+TensorsArg = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float64 for float64 inputs, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def layer_norm_eps(dtype: torch.dtype) -> float:
+    """AllenNLP's ``tiny_value_of_dtype``: 1e-13 for float32/float64, 1e-4 for 16-bit floats."""
+    return 1e-4 if dtype in (torch.float16, torch.bfloat16) else 1e-13
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------------------
+def as_layers(tensors: TensorsArg) -> Tuple[List[torch.Tensor], bool]:
+    """``(layers, stacked)``: the layers as a list (views of a stacked (L, ...) tensor, never copies)."""
+    if isinstance(tensors, torch.Tensor):
+        if tensors.dim() == 0:
+            raise ValueError(f"{OP_NAME}: a single tensor must be stacked layers of shape (L, ...); got a 0-d tensor")
+        layers, stacked = list(tensors.unbind(0)), True
+    elif isinstance(tensors, (list, tuple)):
+        layers, stacked = list(tensors), False
+    else:
+        raise TypeError(f"{OP_NAME}: tensors must be a list or tuple of tensors or one stacked (L, ...) tensor; "
+                        f"got {type(tensors).__name__}")
+    if not layers:
+        raise ValueError(f"{OP_NAME}: got no tensors to mix (an empty {'tensor' if stacked else 'list'})")
+    for i, t in enumerate(layers):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{OP_NAME}: tensors[{i}] is a {type(t).__name__}, not a torch.Tensor")
+    first = layers[0]
+    if first.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{OP_NAME}: tensors must be float16, bfloat16, float32 or float64; got {first.dtype}")
+    for i, t in enumerate(layers[1:], start=1):
+        for what, a, b in (("shape", t.shape, first.shape), ("dtype", t.dtype, first.dtype),
+                           ("device", t.device, first.device)):
+            if a != b:
+                raise ValueError(f"{OP_NAME}: all tensors must have the same {what}; tensors[0] has {what} "
+                                 f"{_fmt(b)} but tensors[{i}] has {what} {_fmt(a)}")
+    return layers, stacked
+
+
+def _fmt(x) -> str:
+    return str(tuple(x)) if isinstance(x, torch.Size) else str(x)
+
+
+def row_mask_of(mask: Optional[torch.Tensor], x0: torch.Tensor) -> torch.Tensor:
+    """The validated layer-norm mask as one 0/1 value per row of the last dimension (accumulation dtype)."""
+    if mask is None:
+        raise ValueError(f"{OP_NAME}: do_layer_norm=True needs a mask (shape {_fmt(x0.shape[:-1])}, bool or "
+                         "integer, 1 = keep), as AllenNLP's ScalarMix")
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{OP_NAME}: mask must be a torch.Tensor, got {type(mask).__name__}")
+    if x0.dim() == 0 or mask.shape != x0.shape[:-1]:
+        raise ValueError(f"{OP_NAME}: mask shape {_fmt(mask.shape)} does not match the tensors' shape "
+                         f"{_fmt(x0.shape)}: it must be the tensors' shape without the last dimension")
+    if mask.dtype.is_floating_point or mask.dtype.is_complex:
+        raise TypeError(f"{OP_NAME}: mask must be bool or integer (1 = keep, 0 = padding); got {mask.dtype}")
+    if mask.device != x0.device:
+        raise ValueError(f"{OP_NAME}: mask is on {mask.device} but the tensors are on {x0.device}")
+    if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
+        raise ValueError(f"{OP_NAME}: an integer mask must hold only 0 and 1")
+    if not bool(mask.any()):
+        raise ValueError(f"{OP_NAME}: the mask masks every position: layer norm needs at least one unmasked "
+                         "position (its mean and variance would be 0/0)")
+    return (mask != 0).reshape(-1).to(acc_dtype(x0.dtype))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The eager reference backend
+# ----------------------------------------------------------------------------------------------------------
+def reference_scalar_mix(layers: Sequence[torch.Tensor], scalars: torch.Tensor, gamma: torch.Tensor,
+                         row_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """AllenNLP's formula with plain torch ops (autograd does the backward), accumulating in acc_dtype."""
+    x0 = layers[0]
+    acc = acc_dtype(x0.dtype)
+    weights = torch.softmax(scalars.to(acc), dim=0)
+    total = None
+    for k, t in enumerate(layers):
+        t = t.to(acc)
+        if row_mask is not None:
+            m = row_mask.reshape(x0.shape[:-1]).unsqueeze(-1)
+            n = m.sum() * x0.shape[-1]
+            mean = (t * m).sum() / n
+            var = (((t * m) - mean) * m).pow(2).sum() / n
+            t = (t - mean) / torch.sqrt(var + layer_norm_eps(x0.dtype))
+        total = weights[k] * t if total is None else total + weights[k] * t
+    return (gamma.to(acc) * total).to(x0.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Custom ops around the kernels: opaque to torch.compile, with fake (meta) implementations
+# ----------------------------------------------------------------------------------------------------------
+_LAUNCHERS = {"triton": "bermo.kernels.scalar_mix", "cpu": "bermo.kernels.scalar_mix_cpu"}
+
+
+def _launchers(backend: str):
+    return importlib.import_module(_LAUNCHERS[backend])
+
+
+@torch.library.custom_op("bermo::scalar_mix_forward", mutates_args=())
+def mix_forward_op(tensors: List[torch.Tensor], coef: torch.Tensor, bias: torch.Tensor,
+                   backend: str) -> torch.Tensor:
+    return _launchers(backend).mix_forward(tensors, coef, bias)
+
+
+@mix_forward_op.register_fake
+def _(tensors, coef, bias, backend):
+    return torch.empty(tensors[0].shape, dtype=tensors[0].dtype, device=tensors[0].device)
+
+
+@torch.library.custom_op("bermo::scalar_mix_backward", mutates_args=())
+def mix_backward_op(grad_out: torch.Tensor, tensors: List[torch.Tensor], coef: torch.Tensor,
+                    center: torch.Tensor, need_grad: List[bool], compute_dots: bool,
+                    backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _launchers(backend).mix_backward(grad_out, tensors, coef, center, need_grad, compute_dots)
+
+
+@mix_backward_op.register_fake
+def _(grad_out, tensors, coef, center, need_grad, compute_dots, backend):
+    x0 = tensors[0]
+    return (x0.new_empty((sum(map(bool, need_grad)), *x0.shape)), coef.new_empty(len(tensors) + 1))
+
+
+@torch.library.custom_op("bermo::scalar_mix_ln_stats", mutates_args=())
+def ln_stats_op(tensors: List[torch.Tensor], row_mask: torch.Tensor,
+                backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean (L,), biased variance (L,), count ()) of every layer over the unmasked elements, merged from the
+    kernels' per-tile (count, mean, M2) in float64 with Chan's formula."""
+    counts, means, m2 = _launchers(backend).ln_stats(tensors, row_mask)
+    n = counts.double()[:, None]
+    total = n.sum()
+    mean = (n * means.double()).sum(0) / total
+    var = (m2.double() + n * (means.double() - mean).pow(2)).sum(0) / total
+    return mean.to(row_mask.dtype), var.to(row_mask.dtype), total.to(row_mask.dtype)
+
+
+@ln_stats_op.register_fake
+def _(tensors, row_mask, backend):
+    L = len(tensors)
+    return row_mask.new_empty(L), row_mask.new_empty(L), row_mask.new_empty(())
+
+
+@torch.library.custom_op("bermo::scalar_mix_ln_backward", mutates_args=())
+def ln_backward_op(grad_out: torch.Tensor, tensors: List[torch.Tensor], row_mask: torch.Tensor,
+                   coef: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, center: torch.Tensor,
+                   need_grad: List[bool], backend: str) -> torch.Tensor:
+    return _launchers(backend).ln_backward(grad_out, tensors, row_mask, coef, alpha, beta, center, need_grad)
+
+
+@ln_backward_op.register_fake
+def _(grad_out, tensors, row_mask, coef, alpha, beta, center, need_grad, backend):
+    x0 = tensors[0]
+    return x0.new_empty((sum(map(bool, need_grad)), *x0.shape))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Autograd
+# ----------------------------------------------------------------------------------------------------------
+class ScalarMixFunction(torch.autograd.Function):
+    """Fused scalar mix: ``forward(scalars (L,), gamma (1,), row_mask or None, eps, backend, stacked, *layers)``.
+
+    ``layers`` is either the L layers or, when ``stacked``, one (L, ...) tensor; its gradient then comes back
+    as one (L, ...) tensor without a copy.
+    """
+
+    @staticmethod
+    def forward(ctx, scalars, gamma, row_mask, eps, backend, stacked, *layers):
+        tensors = list(layers[0].unbind(0)) if stacked else list(layers)
+        acc = acc_dtype(tensors[0].dtype)
+        weights = torch.softmax(scalars.detach().to(acc), dim=0)
+        gam = gamma.detach().to(acc)
+        mean = rstd = count = None
+        if row_mask is None:
+            coef = gam * weights
+            bias = torch.zeros(1, dtype=acc, device=coef.device)
+        else:
+            mean, var, count = ln_stats_op(tensors, row_mask, backend)
+            rstd = torch.rsqrt(var + eps)
+            coef = gam * weights * rstd
+            bias = -(coef * mean).sum().reshape(1)
+        out = mix_forward_op(tensors, coef, bias, backend)
+        ctx.backend, ctx.stacked, ctx.num_layers = backend, stacked, len(tensors)
+        ctx.save_for_backward(weights, gam, coef, mean, rstd, count, row_mask, *layers)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        weights, gam, coef, mean, rstd, count, row_mask, *layers = ctx.saved_tensors
+        tensors = list(layers[0].unbind(0)) if ctx.stacked else list(layers)
+        L, backend = ctx.num_layers, ctx.backend
+        layer_flags = ctx.needs_input_grad[6:]
+        need = [bool(layer_flags[0])] * L if ctx.stacked else [bool(f) for f in layer_flags]
+        need_dots = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_out = grad_out.contiguous()
+        buf, d = None, None
+        if row_mask is None:
+            if any(need) or need_dots:
+                buf, sums = mix_backward_op(grad_out, tensors, coef, torch.zeros_like(coef), need, need_dots,
+                                            backend)
+                d = sums[:L]
+        elif any(need) or need_dots:
+            _, sums = mix_backward_op(grad_out, tensors, coef, mean, [False] * L, True, backend)
+            e, total_g = sums[:L], sums[L]
+            d = rstd * e
+            if any(need):
+                alpha = coef * total_g / count
+                beta = coef * rstd * rstd * e / count
+                buf = ln_backward_op(grad_out, tensors, row_mask, coef, alpha, beta, mean, need, backend)
+        grad_scalars = grad_gamma = None
+        if need_dots:
+            q = gam * d
+            grad_scalars = (weights * (q - (weights * q).sum())).to(torch.float32)
+            grad_gamma = (weights * d).sum().reshape(1).to(torch.float32)
+        if ctx.stacked:
+            layer_grads = [buf if need[0] else None]
+        else:
+            it = iter(buf) if buf is not None else iter(())
+            layer_grads = [next(it) if f else None for f in need]
+        return (grad_scalars, grad_gamma, None, None, None, None, *layer_grads)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Functional entry point
+# ----------------------------------------------------------------------------------------------------------
+def scalar_mix(tensors: TensorsArg, scalars: torch.Tensor, gamma: torch.Tensor, mask: Optional[torch.Tensor] = None,
+               do_layer_norm: bool = False, backend: Optional[str] = None) -> torch.Tensor:
+    """``gamma * sum_k softmax(scalars)_k * tensors[k]`` (optionally with AllenNLP's masked layer norm).
+
+    ``tensors``: a list/tuple of same-shape tensors or one stacked (L, ...) tensor. ``scalars``: (L,) float32;
+    ``gamma``: (1,) float32. The output has the inputs' dtype; accumulation is float32 (float64 for float64).
+    """
+    layers, stacked = as_layers(tensors)
+    x0 = layers[0]
+    if scalars.shape != (len(layers),):
+        raise ValueError(f"{OP_NAME}: expected {len(layers)} scalar weights (one per tensor); got shape "
+                         f"{_fmt(scalars.shape)}")
+    for name, p in (("scalar parameters", scalars), ("gamma", gamma)):
+        if p.device != x0.device:
+            raise ValueError(f"{OP_NAME}: the {name} are on {p.device} but the tensors are on {x0.device}; "
+                             "move the module with .to(device)")
+    row_mask = row_mask_of(mask, x0) if do_layer_norm else None
+    name = backends.resolve(backend, x0.device, OP_NAME)
+    if name == "reference":
+        return reference_scalar_mix(layers, scalars, gamma, row_mask)
+    inputs = (tensors,) if stacked else tuple(layers)
+    return ScalarMixFunction.apply(scalars, gamma, row_mask, layer_norm_eps(x0.dtype), name, stacked, *inputs)

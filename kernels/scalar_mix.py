@@ -1,0 +1,235 @@
+"""Triton kernels for the scalar mix ``out = sum_k a_k * t_k + b`` and its backward.
+
+The autograd-level math (softmax, gamma, layer norm) lives in ``bermo.ops.scalar_mix``; these kernels are
+the memory-bound passes it needs, each reading every layer at most once:
+
+* ``scalar_mix_fwd_kernel``: ``out = sum_k coef_k * t_k + bias``. With ``coef = gamma * softmax(s)`` this is
+  the plain mix; with ``coef_k = gamma * w_k * rstd_k`` and ``bias = -sum_k coef_k * mean_k`` it is the
+  layer-normed mix.
+* ``scalar_mix_bwd_kernel``: writes ``grad_t_k = coef_k * g`` for the layers that need it and, per program,
+  the partial sums ``sum g * (t_k - center_k)`` for every k plus ``sum g`` (column L). The host reduces the
+  (programs, L + 1) partials in a fixed order: deterministic, no atomics.
+* ``ln_stats_kernel``: per program, masked count, mean and M2 (sum of squared deviations) of every layer,
+  merged on the host with Chan's formula (no sum-of-squares cancellation).
+* ``ln_bwd_kernel``: the layer-norm input gradient
+  ``grad_t_k = coef_k * g - m * (alpha_k + beta_k * (t_k - mean_k))``.
+
+Layers are addressed through an int64 table of base pointers (``kernels.layout``), so the layers are never
+stacked; offsets are computed in int64 so tensors past 2**31 elements work.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .layout import RowLayout, as_rows, grad_buffers, pointer_table
+
+
+@triton.jit
+def _tile(pid, R, C, row_stride, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Offsets of this program's (BLOCK_R, BLOCK_C) tile in the strided inputs and the contiguous outputs."""
+    n_col_blocks = tl.cdiv(C, BLOCK_C)
+    pid_r = pid // n_col_blocks
+    pid_c = pid % n_col_blocks
+    rows = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = pid_c.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    row_ok = rows < R
+    mask = row_ok[:, None] & (cols[None, :] < C)
+    in_offs = rows[:, None] * row_stride + cols[None, :]
+    out_offs = rows[:, None] * C + cols[None, :]
+    return in_offs, out_offs, mask, rows, row_ok
+
+
+@triton.jit
+def scalar_mix_fwd_kernel(ptr_table, coef_ptr, bias_ptr, out_ptr, R, C, row_stride, L,
+                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    dtype = out_ptr.dtype.element_ty
+    acc_t = coef_ptr.dtype.element_ty
+    in_offs, out_offs, mask, rows, row_ok = _tile(tl.program_id(0), R, C, row_stride, BLOCK_R, BLOCK_C)
+    acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=acc_t)
+    for k in range(L):
+        base = tl.load(ptr_table + k).to(tl.pointer_type(dtype))
+        x = tl.load(base + in_offs, mask=mask, other=0.0)
+        acc += tl.load(coef_ptr + k) * x.to(acc_t)
+    acc += tl.load(bias_ptr)
+    tl.store(out_ptr + out_offs, acc.to(dtype), mask=mask)
+
+
+@triton.jit
+def scalar_mix_bwd_kernel(grad_out_ptr, ptr_table, grad_table, coef_ptr, center_ptr, partial_ptr,
+                          R, C, row_stride, L,
+                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+                          COMPUTE_DOTS: tl.constexpr, WRITE_GRADS: tl.constexpr):
+    dtype = grad_out_ptr.dtype.element_ty
+    acc_t = coef_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    in_offs, out_offs, mask, rows, row_ok = _tile(pid, R, C, row_stride, BLOCK_R, BLOCK_C)
+    g = tl.load(grad_out_ptr + out_offs, mask=mask, other=0.0).to(acc_t)
+    part = partial_ptr + pid.to(tl.int64) * (L + 1)
+    for k in range(L):
+        if COMPUTE_DOTS:
+            base = tl.load(ptr_table + k).to(tl.pointer_type(dtype))
+            x = tl.load(base + in_offs, mask=mask, other=0.0).to(acc_t)
+            tl.store(part + k, tl.sum(g * (x - tl.load(center_ptr + k))))
+        if WRITE_GRADS:
+            gaddr = tl.load(grad_table + k)
+            if gaddr != 0:
+                gbase = gaddr.to(tl.pointer_type(dtype))
+                tl.store(gbase + out_offs, (tl.load(coef_ptr + k) * g).to(dtype), mask=mask)
+    if COMPUTE_DOTS:
+        tl.store(part + L, tl.sum(g))
+
+
+@triton.jit
+def ln_stats_kernel(ptr_table, row_mask_ptr, partial_ptr, R, C, row_stride, L,
+                    DTYPE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """partial[pid] = [count, mean_0 .. mean_{L-1}, m2_0 .. m2_{L-1}] over this tile's unmasked elements."""
+    acc_t = partial_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    in_offs, out_offs, mask, rows, row_ok = _tile(pid, R, C, row_stride, BLOCK_R, BLOCK_C)
+    m = tl.load(row_mask_ptr + rows, mask=row_ok, other=0.0)
+    w = tl.where(mask, m[:, None], 0.0).to(acc_t)
+    n = tl.sum(w)
+    part = partial_ptr + pid.to(tl.int64) * (2 * L + 1)
+    tl.store(part, n)
+    for k in range(L):
+        base = tl.load(ptr_table + k).to(tl.pointer_type(DTYPE))
+        x = tl.load(base + in_offs, mask=mask, other=0.0).to(acc_t)
+        mean = tl.sum(x * w) / tl.maximum(n, 1.0)
+        d = (x - mean) * w
+        tl.store(part + 1 + k, mean)
+        tl.store(part + 1 + L + k, tl.sum(d * d))
+
+
+@triton.jit
+def ln_bwd_kernel(grad_out_ptr, ptr_table, grad_table, row_mask_ptr, coef_ptr, alpha_ptr, beta_ptr,
+                  center_ptr, R, C, row_stride, L, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    dtype = grad_out_ptr.dtype.element_ty
+    acc_t = coef_ptr.dtype.element_ty
+    in_offs, out_offs, mask, rows, row_ok = _tile(tl.program_id(0), R, C, row_stride, BLOCK_R, BLOCK_C)
+    g = tl.load(grad_out_ptr + out_offs, mask=mask, other=0.0).to(acc_t)
+    m = tl.load(row_mask_ptr + rows, mask=row_ok, other=0.0).to(acc_t)[:, None]
+    for k in range(L):
+        gaddr = tl.load(grad_table + k)
+        if gaddr != 0:
+            base = tl.load(ptr_table + k).to(tl.pointer_type(dtype))
+            x = tl.load(base + in_offs, mask=mask, other=0.0).to(acc_t)
+            grad = tl.load(coef_ptr + k) * g - m * (
+                tl.load(alpha_ptr + k) + tl.load(beta_ptr + k) * (x - tl.load(center_ptr + k)))
+            tl.store(gaddr.to(tl.pointer_type(dtype)) + out_offs, grad.to(dtype), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Launch configuration. Every value these functions can return is compiled for sm_80 and sm_90 by
+# ``python -m bermo.kernels.compile``; keep the two in step.
+# ----------------------------------------------------------------------------------------------------------
+BLOCK_C_CHOICES = (32, 64, 128, 256)
+TORCH_TO_TL = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,
+               torch.float64: tl.float64}
+SUPPORTED_DTYPES = tuple(TORCH_TO_TL)
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float64 for float64 inputs, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def tile_elements(dtype: torch.dtype) -> int:
+    """Elements per program: 8 KiB of each layer, whatever the dtype."""
+    return {2: 4096, 4: 2048, 8: 1024}[torch.empty((), dtype=dtype).element_size()]
+
+
+def block_config(dtype: torch.dtype, cols: int) -> Tuple[int, int, int]:
+    """(BLOCK_R, BLOCK_C, num_warps) for rows of ``cols`` elements."""
+    if cols <= 32:
+        block_c = 32
+    elif cols <= 64:
+        block_c = 64
+    elif cols <= 128 or cols % 256 != 0:
+        block_c = 128
+    else:
+        block_c = 256
+    tile = tile_elements(dtype)
+    return tile // block_c, block_c, 8 if tile >= 2048 else 4
+
+
+def _programs(layout: RowLayout, block_r: int, block_c: int) -> int:
+    return triton.cdiv(layout.rows, block_r) * triton.cdiv(layout.cols, block_c)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Launchers. Inputs are validated by the caller (bermo.ops.scalar_mix): same shape, dtype and device.
+# ----------------------------------------------------------------------------------------------------------
+def mix_forward(tensors: Sequence[torch.Tensor], coef: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``sum_k coef[k] * tensors[k] + bias`` in the accumulation dtype of ``coef``, returned in the inputs' dtype."""
+    layout, views = as_rows(tensors)
+    x0 = tensors[0]
+    out = torch.empty(x0.shape, dtype=x0.dtype, device=x0.device)
+    if layout.numel == 0:
+        return out
+    block_r, block_c, warps = block_config(x0.dtype, layout.cols)
+    grid = (_programs(layout, block_r, block_c),)
+    scalar_mix_fwd_kernel[grid](pointer_table(views, x0.device), coef, bias, out, layout.rows, layout.cols,
+                                layout.row_stride, len(views), BLOCK_R=block_r, BLOCK_C=block_c,
+                                num_warps=warps)
+    return out
+
+
+def mix_backward(grad_out: torch.Tensor, tensors: Sequence[torch.Tensor], coef: torch.Tensor,
+                 center: torch.Tensor, need_grad: Sequence[bool], compute_dots: bool):
+    """Gradients ``coef_k * grad_out`` for the layers in ``need_grad`` and the sums
+    ``[sum g * (t_k - center_k) for k] + [sum g]`` (acc dtype, shape (L + 1,)) when ``compute_dots``."""
+    layout, views = as_rows(tensors)
+    x0 = tensors[0]
+    L = len(views)
+    buf, grads = grad_buffers(x0, need_grad)
+    sums = torch.zeros(L + 1, dtype=coef.dtype, device=x0.device)
+    write = any(need_grad)
+    if layout.numel == 0 or not (write or compute_dots):
+        return buf, sums
+    g = grad_out.contiguous()
+    block_r, block_c, warps = block_config(x0.dtype, layout.cols)
+    programs = _programs(layout, block_r, block_c)
+    partials = torch.empty((programs, L + 1) if compute_dots else (1,), dtype=coef.dtype, device=x0.device)
+    scalar_mix_bwd_kernel[(programs,)](
+        g, pointer_table(views, x0.device), pointer_table(grads, x0.device), coef, center, partials,
+        layout.rows, layout.cols, layout.row_stride, L, BLOCK_R=block_r, BLOCK_C=block_c,
+        COMPUTE_DOTS=compute_dots, WRITE_GRADS=write, num_warps=warps)
+    if compute_dots:
+        sums = partials.sum(0)
+    return buf, sums
+
+
+def ln_stats(tensors: Sequence[torch.Tensor], row_mask: torch.Tensor):
+    """Masked (count, mean (L,), M2 (L,)) per layer; ``row_mask`` holds one 0/1 value per row (acc dtype)."""
+    layout, views = as_rows(tensors)
+    x0 = tensors[0]
+    L = len(views)
+    acc = acc_dtype(x0.dtype)
+    block_r, block_c, warps = block_config(x0.dtype, layout.cols)
+    programs = _programs(layout, block_r, block_c)
+    partials = torch.empty((programs, 2 * L + 1), dtype=acc, device=x0.device)
+    ln_stats_kernel[(programs,)](pointer_table(views, x0.device), row_mask, partials, layout.rows, layout.cols,
+                                 layout.row_stride, L, DTYPE=TORCH_TO_TL[x0.dtype], BLOCK_R=block_r,
+                                 BLOCK_C=block_c, num_warps=warps)
+    return partials[:, 0], partials[:, 1:L + 1], partials[:, L + 1:]
+
+
+def ln_backward(grad_out: torch.Tensor, tensors: Sequence[torch.Tensor], row_mask: torch.Tensor,
+                coef: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, center: torch.Tensor,
+                need_grad: Sequence[bool]):
+    """Layer-norm input gradients ``coef_k * g - m * (alpha_k + beta_k * (t_k - center_k))``."""
+    layout, views = as_rows(tensors)
+    x0 = tensors[0]
+    buf, grads = grad_buffers(x0, need_grad)
+    if layout.numel == 0 or not any(need_grad):
+        return buf
+    block_r, block_c, warps = block_config(x0.dtype, layout.cols)
+    ln_bwd_kernel[(_programs(layout, block_r, block_c),)](
+        grad_out.contiguous(), pointer_table(views, x0.device), pointer_table(grads, x0.device), row_mask,
+        coef, alpha, beta, center, layout.rows, layout.cols, layout.row_stride, len(views),
+        BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps)
+    return buf
