@@ -88,8 +88,12 @@ def _warn_fallback(device_type: str, reason: str) -> None:
                   RuntimeWarning, stacklevel=3)
 
 
+@torch.compiler.assume_constant_result
 def resolve(backend: Optional[str], device: torch.device, op: str, implemented=("triton", "cpu", "reference")) -> str:
-    """The backend that runs ``op`` on tensors of ``device``; see the module docstring for the rules."""
+    """The backend that runs ``op`` on tensors of ``device``; see the module docstring for the rules.
+
+    Under ``torch.compile`` the answer is taken as a constant of the graph (it depends on the device and the
+    environment, not on tensor values), so compiling does not trace the availability checks."""
     name = requested(backend)
     if name == "auto":
         preferred = {"cuda": "triton", "cpu": "cpu"}.get(device.type, "reference")

@@ -233,3 +233,40 @@ def ln_backward(grad_out: torch.Tensor, tensors: Sequence[torch.Tensor], row_mas
         coef, alpha, beta, center, layout.rows, layout.cols, layout.row_stride, len(views),
         BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps)
     return buf
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Every configuration the launchers above can pick, for ahead-of-time compile checks (kernels/compile.py).
+# The layer count L and the shape are runtime arguments, so one compile covers every L and every shape; the
+# integer arguments come as i32 (with the 16-divisibility Triton infers for shapes like 768) or as i64
+# (tensors past 2**31 elements).
+# ----------------------------------------------------------------------------------------------------------
+def compile_configurations():
+    """Yield ``(label, kernel, signature, constexprs, attrs_div16_arg_names, num_warps)``."""
+    for dtype, tl_dtype in TORCH_TO_TL.items():
+        t, a = str(tl_dtype), str(TORCH_TO_TL[acc_dtype(dtype)])  # e.g. "bf16", "fp32"
+        for block_c in BLOCK_C_CHOICES:
+            block_r, picked, warps = block_config(dtype, block_c)  # rows of exactly BLOCK_C pick BLOCK_C
+            assert picked == block_c
+            for ity in ("i32", "i64"):
+                ints = {"R": ity, "C": ity, "row_stride": ity, "L": "i32"}
+                div = ["C", "row_stride"] if ity == "i32" else []
+                blocks = {"BLOCK_R": block_r, "BLOCK_C": block_c}
+                tag = f"{t} BLOCK_R={block_r} BLOCK_C={block_c} warps={warps} ints={ity}"
+                yield (f"scalar_mix_fwd {tag}", scalar_mix_fwd_kernel,
+                       {"ptr_table": "*i64", "coef_ptr": f"*{a}", "bias_ptr": f"*{a}", "out_ptr": f"*{t}", **ints,
+                        "BLOCK_R": "constexpr", "BLOCK_C": "constexpr"}, blocks, div, warps)
+                for dots, write in ((True, True), (True, False), (False, True)):
+                    yield (f"scalar_mix_bwd dots={dots} write={write} {tag}", scalar_mix_bwd_kernel,
+                           {"grad_out_ptr": f"*{t}", "ptr_table": "*i64", "grad_table": "*i64", "coef_ptr": f"*{a}",
+                            "center_ptr": f"*{a}", "partial_ptr": f"*{a}", **ints, "BLOCK_R": "constexpr",
+                            "BLOCK_C": "constexpr", "COMPUTE_DOTS": "constexpr", "WRITE_GRADS": "constexpr"},
+                           {**blocks, "COMPUTE_DOTS": dots, "WRITE_GRADS": write}, div, warps)
+                yield (f"ln_stats {tag}", ln_stats_kernel,
+                       {"ptr_table": "*i64", "row_mask_ptr": f"*{a}", "partial_ptr": f"*{a}", **ints,
+                        "DTYPE": "constexpr", "BLOCK_R": "constexpr", "BLOCK_C": "constexpr"},
+                       {**blocks, "DTYPE": tl_dtype}, div, warps)
+                yield (f"ln_bwd {tag}", ln_bwd_kernel,
+                       {"grad_out_ptr": f"*{t}", "ptr_table": "*i64", "grad_table": "*i64", "row_mask_ptr": f"*{a}",
+                        "coef_ptr": f"*{a}", "alpha_ptr": f"*{a}", "beta_ptr": f"*{a}", "center_ptr": f"*{a}",
+                        **ints, "BLOCK_R": "constexpr", "BLOCK_C": "constexpr"}, blocks, div, warps)

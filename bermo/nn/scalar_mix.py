@@ -8,7 +8,7 @@ from torch.nn import Parameter, ParameterList
 
 from .. import backends
 from ..errors import ConfigurationError
-from ..ops.scalar_mix import TensorsArg, scalar_mix
+from ..ops.scalar_mix import TensorsArg, as_layers, scalar_mix
 
 
 class ScalarMix(torch.nn.Module):
@@ -49,6 +49,8 @@ class ScalarMix(torch.nn.Module):
 
     def forward(self, tensors: TensorsArg, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         count = self._count(tensors)
+        if not count:  # not a sequence, a 0-d tensor or nothing at all: the op's validation says which
+            as_layers(tensors)
         if count != self.mixture_size:
             raise ConfigurationError("{} tensors were passed, but the module was initialized to mix {} tensors.".format(
                 count, self.mixture_size))

@@ -113,7 +113,7 @@ def reference_scalar_mix(layers: Sequence[torch.Tensor], scalars: torch.Tensor, 
             var = (((t * m) - mean) * m).pow(2).sum() / n
             t = (t - mean) / torch.sqrt(var + layer_norm_eps(x0.dtype))
         total = weights[k] * t if total is None else total + weights[k] * t
-    return (gamma.to(acc) * total).to(x0.dtype)
+    return (gamma.to(acc).reshape(()) * total).to(x0.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,0 +1,63 @@
+"""Shared test helpers: the independent float64 reference and dtype-fitting comparisons."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import HAS_TRITON, TRITON_DEVICE
+
+# (backend, device) pairs under test: each backend on the tensors it runs on here.
+BACKENDS = [
+    pytest.param("reference", "cpu", id="reference"),
+    pytest.param("cpu", "cpu", id="cpu"),
+    pytest.param("triton", TRITON_DEVICE, id=f"triton-{TRITON_DEVICE}",
+                 marks=pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")),
+]
+
+# Relative tolerance of one rounding to each dtype (outputs and input gradients are computed in fp32 or fp64
+# and rounded once).
+RTOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 8e-3, torch.float16: 1e-3}
+
+
+def eps_of(dtype: torch.dtype) -> float:
+    return 1e-4 if dtype in (torch.float16, torch.bfloat16) else 1e-13
+
+
+def allennlp_mix(tensors, scalars, gamma, mask=None, do_layer_norm=False, eps=1e-13, dtype=torch.float64):
+    """AllenNLP's ScalarMix forward, written out independently of bermo and evaluated in ``dtype``."""
+    ts = [t.to(dtype) for t in tensors]
+    weights = torch.softmax(scalars.to(dtype), dim=0)
+    if do_layer_norm:
+        bmask = mask.to(dtype).unsqueeze(-1)
+        count = mask.to(dtype).sum() * ts[0].shape[-1]
+
+        def norm(t):
+            masked = t * bmask
+            mean = masked.sum() / count
+            var = (((masked - mean) * bmask) ** 2).sum() / count
+            return (t - mean) / torch.sqrt(var + eps)
+
+        ts = [norm(t) for t in ts]
+    return gamma.to(dtype) * sum(weights[k] * ts[k] for k in range(len(ts)))
+
+
+def reference_grads(base_layers, scalars, gamma, grad_out, mask=None, do_layer_norm=False, eps=1e-13):
+    """Float64 output and gradients (each layer, scalars, gamma) of the reference for ``grad_out``."""
+    xs = [t.detach().double().requires_grad_() for t in base_layers]
+    s = scalars.detach().double().requires_grad_()
+    g = gamma.detach().double().requires_grad_()
+    out = allennlp_mix(xs, s, g, mask, do_layer_norm, eps)
+    grads = torch.autograd.grad(out, xs + [s, g], grad_out.double())
+    return out.detach(), list(grads[:-2]), grads[-2], grads[-1]
+
+
+def assert_close(actual, expected, rtol, scale=None, what=""):
+    """|actual - expected| <= rtol * scale everywhere, scale defaulting to max|expected| (at least 1e-30)."""
+    expected = expected.double()
+    actual = actual.detach().double()
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    if scale is None:
+        scale = expected.abs().max().item() if expected.numel() else 1.0
+    err = (actual - expected).abs().max().item() if expected.numel() else 0.0
+    assert err <= rtol * max(scale, 1e-30), f"{what}: max abs error {err:.3e} > {rtol:.1e} * scale {scale:.3e}"
+    return err
