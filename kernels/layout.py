@@ -63,9 +63,14 @@ def pointer_table(tensors: Sequence[torch.Tensor], device) -> torch.Tensor:
     return torch.tensor(ptrs, dtype=torch.int64).to(device)
 
 
-def grad_buffers(x0: torch.Tensor, need_grad: Sequence[bool]):
-    """``(buffer, grads)``: one (n_needed, *shape) buffer and, per layer, its slice of it or None when the layer
-    needs no gradient. A stacked input whose layers all need a gradient gets the buffer itself, no copy."""
-    buf = torch.empty((sum(map(bool, need_grad)), *x0.shape), dtype=x0.dtype, device=x0.device)
-    it = iter(buf)
-    return buf, [next(it) if f else None for f in need_grad]
+def grad_buffers(x0: torch.Tensor, need_grad: Sequence[bool], stacked: bool):
+    """``(outputs, grads)``: ``grads`` holds, per layer, the tensor its gradient is written to (None when the
+    layer needs none); ``outputs`` is what the op returns. A stacked input gets one (L, *shape) buffer, so its
+    gradient needs no copy; separate layers get separate tensors (one big buffer would be handed to mmap and
+    page-faulted afresh on every call, where layer-sized blocks are recycled by the allocator)."""
+    if stacked:
+        buf = torch.empty((sum(map(bool, need_grad)), *x0.shape), dtype=x0.dtype, device=x0.device)
+        it = iter(buf)
+        return [buf], [next(it) if f else None for f in need_grad]
+    grads = [torch.empty(x0.shape, dtype=x0.dtype, device=x0.device) if f else None for f in need_grad]
+    return [g for g in grads if g is not None], grads

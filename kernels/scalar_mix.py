@@ -179,17 +179,17 @@ def mix_forward(tensors: Sequence[torch.Tensor], coef: torch.Tensor, bias: torch
 
 
 def mix_backward(grad_out: torch.Tensor, tensors: Sequence[torch.Tensor], coef: torch.Tensor,
-                 center: torch.Tensor, need_grad: Sequence[bool], compute_dots: bool):
+                 center: torch.Tensor, need_grad: Sequence[bool], compute_dots: bool, stacked: bool = False):
     """Gradients ``coef_k * grad_out`` for the layers in ``need_grad`` and the sums
     ``[sum g * (t_k - center_k) for k] + [sum g]`` (acc dtype, shape (L + 1,)) when ``compute_dots``."""
     layout, views = as_rows(tensors)
     x0 = tensors[0]
     L = len(views)
-    buf, grads = grad_buffers(x0, need_grad)
+    outputs, grads = grad_buffers(x0, need_grad, stacked)
     sums = torch.zeros(L + 1, dtype=coef.dtype, device=x0.device)
     write = any(need_grad)
     if layout.numel == 0 or not (write or compute_dots):
-        return buf, sums
+        return outputs, sums
     g = grad_out.contiguous()
     block_r, block_c, warps = block_config(x0.dtype, layout.cols)
     programs = _programs(layout, block_r, block_c)
@@ -200,7 +200,7 @@ def mix_backward(grad_out: torch.Tensor, tensors: Sequence[torch.Tensor], coef: 
         COMPUTE_DOTS=compute_dots, WRITE_GRADS=write, num_warps=warps)
     if compute_dots:
         sums = partials.sum(0)
-    return buf, sums
+    return outputs, sums
 
 
 def ln_stats(tensors: Sequence[torch.Tensor], row_mask: torch.Tensor):
@@ -220,19 +220,19 @@ def ln_stats(tensors: Sequence[torch.Tensor], row_mask: torch.Tensor):
 
 def ln_backward(grad_out: torch.Tensor, tensors: Sequence[torch.Tensor], row_mask: torch.Tensor,
                 coef: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, center: torch.Tensor,
-                need_grad: Sequence[bool]):
+                need_grad: Sequence[bool], stacked: bool = False):
     """Layer-norm input gradients ``coef_k * g - m * (alpha_k + beta_k * (t_k - center_k))``."""
     layout, views = as_rows(tensors)
     x0 = tensors[0]
-    buf, grads = grad_buffers(x0, need_grad)
+    outputs, grads = grad_buffers(x0, need_grad, stacked)
     if layout.numel == 0 or not any(need_grad):
-        return buf
+        return outputs
     block_r, block_c, warps = block_config(x0.dtype, layout.cols)
     ln_bwd_kernel[(_programs(layout, block_r, block_c),)](
         grad_out.contiguous(), pointer_table(views, x0.device), pointer_table(grads, x0.device), row_mask,
         coef, alpha, beta, center, layout.rows, layout.cols, layout.row_stride, len(views),
         BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps)
-    return buf
+    return outputs
 
 
 # ----------------------------------------------------------------------------------------------------------

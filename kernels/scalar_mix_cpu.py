@@ -7,7 +7,9 @@ The extension is JIT-built with ninja through ``torch.utils.cpp_extension`` on f
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+import platform
 from typing import Sequence
 
 import torch
@@ -17,12 +19,29 @@ from .layout import as_rows, grad_buffers
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "scalar_mix_cpu.cpp")
 
 
+def _cpu_tag() -> str:
+    """A short hash of this CPU's model and feature flags: the build uses -march=native, so a cache shared by
+    machines with different CPUs (a network home directory) must not hand one machine's binary to another."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        lines = [line for line in info.splitlines() if line.startswith(("model name", "flags", "Features"))]
+        key = "\n".join(sorted(set(lines)))
+    except OSError:
+        key = platform.processor() + platform.machine()
+    return hashlib.sha1(key.encode()).hexdigest()[:10]
+
+
 @functools.lru_cache(maxsize=None)
 def extension():
-    """The compiled extension module; raises whatever the build raised when it cannot be built."""
+    """The compiled extension module; raises whatever the build raised when it cannot be built.
+
+    -fopenmp makes ATen's header-only at::parallel_for actually run in parallel (it resolves against the
+    OpenMP runtime torch has already loaded); -march=native lets the float paths use the widest vectors."""
     from torch.utils.cpp_extension import load
 
-    return load(name="bermo_scalar_mix_cpu", sources=[_SOURCE], extra_cflags=["-O3", "-fopenmp-simd"],
+    return load(name=f"bermo_scalar_mix_cpu_{_cpu_tag()}", sources=[_SOURCE],
+                extra_cflags=["-O3", "-fopenmp", "-march=native"],
                 verbose=os.environ.get("BERMO_VERBOSE_BUILD") == "1")
 
 
@@ -39,13 +58,13 @@ def mix_forward(tensors: Sequence[torch.Tensor], coef: torch.Tensor, bias: torch
 
 
 def mix_backward(grad_out: torch.Tensor, tensors: Sequence[torch.Tensor], coef: torch.Tensor,
-                 center: torch.Tensor, need_grad: Sequence[bool], compute_dots: bool):
+                 center: torch.Tensor, need_grad: Sequence[bool], compute_dots: bool, stacked: bool = False):
     layout, views = as_rows(tensors)
     L = len(views)
-    buf, grads = grad_buffers(tensors[0], need_grad)
+    outputs, grads = grad_buffers(tensors[0], need_grad, stacked)
     sums = torch.zeros(L + 1, dtype=coef.dtype)
     if layout.numel == 0 or not (any(need_grad) or compute_dots):
-        return buf, sums
+        return outputs, sums
     ext = extension()
     tiles = ext.num_tiles(layout.rows, layout.cols, layout.row_stride)
     partials = torch.empty((tiles, L + 1) if compute_dots else (0,), dtype=coef.dtype)
@@ -53,7 +72,7 @@ def mix_backward(grad_out: torch.Tensor, tensors: Sequence[torch.Tensor], coef: 
                      center, partials, layout.rows, layout.cols, layout.row_stride)
     if compute_dots:
         sums = partials.sum(0)
-    return buf, sums
+    return outputs, sums
 
 
 def ln_stats(tensors: Sequence[torch.Tensor], row_mask: torch.Tensor):
@@ -68,10 +87,10 @@ def ln_stats(tensors: Sequence[torch.Tensor], row_mask: torch.Tensor):
 
 def ln_backward(grad_out: torch.Tensor, tensors: Sequence[torch.Tensor], row_mask: torch.Tensor,
                 coef: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, center: torch.Tensor,
-                need_grad: Sequence[bool]):
+                need_grad: Sequence[bool], stacked: bool = False):
     layout, views = as_rows(tensors)
-    buf, grads = grad_buffers(tensors[0], need_grad)
+    outputs, grads = grad_buffers(tensors[0], need_grad, stacked)
     if layout.numel and any(need_grad):
         extension().ln_backward(grad_out.contiguous(), views, [_empty(coef) if g is None else g for g in grads],
                                 row_mask, coef, alpha, beta, center, layout.rows, layout.cols, layout.row_stride)
-    return buf
+    return outputs

@@ -14,9 +14,11 @@ def test_custom_ops_are_registered_with_fake_implementations():
         xs = [torch.empty(2, 3, 8) for _ in range(3)]
         coef = torch.empty(3)
         out = ops.scalar_mix_forward(xs, coef, torch.empty(1), "cpu")
-        grads, sums = ops.scalar_mix_backward(out, xs, coef, coef, [True, False, True], True, "cpu")
+        grads, sums = ops.scalar_mix_backward(out, xs, coef, coef, [True, False, True], True, False, "cpu")
+        (stacked_grad,), _ = ops.scalar_mix_backward(out, xs, coef, coef, [True] * 3, True, True, "cpu")
         mean, var, count = ops.scalar_mix_ln_stats(xs, torch.empty(6), "cpu")
-    assert out.shape == (2, 3, 8) and grads.shape == (2, 2, 3, 8) and sums.shape == (4,)
+    assert out.shape == (2, 3, 8) and [g.shape for g in grads] == [(2, 3, 8)] * 2 and sums.shape == (4,)
+    assert stacked_grad.shape == (3, 2, 3, 8)
     assert mean.shape == var.shape == (3,) and count.shape == ()
 
 

@@ -54,7 +54,7 @@ class ScalarMix(torch.nn.Module):
         if count != self.mixture_size:
             raise ConfigurationError("{} tensors were passed, but the module was initialized to mix {} tensors.".format(
                 count, self.mixture_size))
-        scalars = torch.cat(list(self.scalar_parameters))
+        scalars = torch.cat(tuple(self.scalar_parameters.parameters()))  # faster than indexing the list
         return scalar_mix(tensors, scalars, self.gamma, mask=mask, do_layer_norm=self.do_layer_norm,
                           backend=self.backend)
 

@@ -3,7 +3,7 @@
 // Every layer is a (rows, cols) view with a shared row stride (kernels/layout.py). Work is split into tiles
 // of at most kTile elements whose boundaries depend only on the shape, never on the thread count, and every
 // tile writes its own partial sums: the host reduces them in a fixed order, so results are deterministic.
-// A tile of the output (or of the output gradient) stays in cache while the layers stream through it, so
+// A block of the output (or of the output gradient) stays in L1 while the layers stream through it, so
 // each layer is read once per pass. Accumulation is in at::opmath_type (float for 16-bit inputs).
 #include <torch/extension.h>
 
@@ -12,11 +12,14 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
 
-constexpr int64_t kTile = 16384;
+constexpr int64_t kTile = 16384;  // elements per parallel task
 
 struct Tiles {
   int64_t rows, cols, stride, col_block, row_block, n_col_blocks, count;
@@ -26,15 +29,14 @@ struct Tiles {
     n_col_blocks = (cols + col_block - 1) / col_block;
     count = ((rows + row_block - 1) / row_block) * n_col_blocks;
   }
-  // f(tile, r0, r1, c0, c1, scratch) for every tile, in parallel; scratch holds kTile accumulators.
-  template <typename acc_t, typename F>
+  // f(tile, r0, r1, c0, c1) for every tile, in parallel.
+  template <typename F>
   void run(F&& f) const {
     at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> scratch(static_cast<size_t>(kTile));
       for (int64_t t = begin; t < end; ++t) {
         const int64_t rb = t / n_col_blocks, cb = t % n_col_blocks;
         const int64_t r0 = rb * row_block, c0 = cb * col_block;
-        f(t, r0, std::min(rows, r0 + row_block), c0, std::min(cols, c0 + col_block), scratch.data());
+        f(t, r0, std::min(rows, r0 + row_block), c0, std::min(cols, c0 + col_block));
       }
     });
   }
@@ -54,6 +56,94 @@ std::vector<scalar_t*> out_bases(const std::vector<at::Tensor>& gs) {
   return p;
 }
 
+// Eight floats in a GCC/Clang vector: one AVX register where the build targets AVX, two SSE ones otherwise.
+typedef float f32x8 __attribute__((vector_size(32)));
+inline f32x8 load8(const float* p) {
+  f32x8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void store8(float* p, f32x8 v) { std::memcpy(p, &v, sizeof(v)); }
+
+// One row's outputs [c0, c1) of the forward mix: out[c] = b + sum_k a[k] * x[k][in + c].
+template <typename scalar_t, typename acc_t>
+inline int64_t mix_row_vec(const scalar_t* const*, int64_t, const acc_t*, acc_t, int64_t, scalar_t*, int64_t c0,
+                           int64_t) {
+  return c0;  // no vector path: the scalar loop below does the whole row
+}
+
+// float: blocks of 16 outputs accumulated in registers across all layers, so every layer's stream is touched
+// once per block and many independent loads are in flight.
+inline int64_t mix_row_vec(const float* const* x, int64_t L, const float* a, float b, int64_t in, float* o,
+                           int64_t c0, int64_t c1) {
+  int64_t c = c0;
+  for (; c + 16 <= c1; c += 16) {
+    f32x8 v0 = f32x8{} + b, v1 = v0;
+    for (int64_t k = 0; k < L; ++k) {
+      const float* xr = x[k] + in + c;
+      v0 += a[k] * load8(xr);
+      v1 += a[k] * load8(xr + 8);
+    }
+    store8(o + c, v0);
+    store8(o + c + 8, v1);
+  }
+  return c;
+}
+
+template <typename scalar_t, typename acc_t>
+inline void mix_row(const scalar_t* const* x, int64_t L, const acc_t* a, acc_t b, int64_t in, scalar_t* o,
+                    int64_t c0, int64_t c1) {
+  for (int64_t c = mix_row_vec(x, L, a, b, in, o, c0, c1); c < c1; ++c) {
+    acc_t v = b;
+    for (int64_t k = 0; k < L; ++k) v += a[k] * static_cast<acc_t>(x[k][in + c]);
+    o[c] = static_cast<scalar_t>(v);
+  }
+}
+
+// Backward rows: the vector part of one row, accumulating lane-wise partial sums. Generic types have none
+// (their rows go through the scalar loop); float takes blocks of 16 with the output gradient in registers
+// and every layer read (and its gradient written) once per block.
+template <typename scalar_t, typename acc_t>
+struct BwdVec {
+  explicit BwdVec(int64_t) {}
+  int64_t row(const scalar_t*, const scalar_t* const*, scalar_t* const*, int64_t, const acc_t*, const acc_t*,
+              int64_t, int64_t, int64_t c0, int64_t, bool, bool) {
+    return c0;
+  }
+  void reduce(acc_t*, acc_t&, int64_t) {}
+};
+
+template <>
+struct BwdVec<float, float> {
+  std::vector<f32x8> d;
+  f32x8 gs{};
+  explicit BwdVec(int64_t L) : d(static_cast<size_t>(L), f32x8{}) {}
+  int64_t row(const float* g, const float* const* x, float* const* gx, int64_t L, const float* a, const float* mu,
+              int64_t in, int64_t on, int64_t c0, int64_t c1, bool dots, bool write) {
+    int64_t c = c0;
+    for (; c + 16 <= c1; c += 16) {
+      const f32x8 g0 = load8(g + c), g1 = load8(g + c + 8);
+      if (dots) gs += g0 + g1;
+      for (int64_t k = 0; k < L; ++k) {
+        if (dots) {
+          const float* xr = x[k] + in + c;
+          d[k] += g0 * (load8(xr) - mu[k]) + g1 * (load8(xr + 8) - mu[k]);
+        }
+        if (write && gx[k]) {
+          store8(gx[k] + on + c, a[k] * g0);
+          store8(gx[k] + on + c + 8, a[k] * g1);
+        }
+      }
+    }
+    return c;
+  }
+  void reduce(float* dot, float& gsum, int64_t L) {
+    for (int64_t k = 0; k < L; ++k)
+      for (int j = 0; j < 8; ++j) dot[k] += d[k][j];
+    for (int j = 0; j < 8; ++j) gsum += gs[j];
+  }
+};
+
 #define BERMO_DISPATCH(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
@@ -70,28 +160,8 @@ void mix_forward(const std::vector<at::Tensor>& xs, const at::Tensor& coef, cons
     const acc_t b = *bias.data_ptr<acc_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     const int64_t L = static_cast<int64_t>(x.size());
-    tiles.run<acc_t>([&](int64_t, int64_t r0, int64_t r1, int64_t c0, int64_t c1, acc_t* acc) {
-      const int64_t w = c1 - c0;
-      for (int64_t r = r0; r < r1; ++r) {
-        acc_t* ar = acc + (r - r0) * w;
-_Pragma("omp simd")
-        for (int64_t c = 0; c < w; ++c) ar[c] = b;
-      }
-      for (int64_t k = 0; k < L; ++k) {
-        const acc_t ak = a[k];
-        for (int64_t r = r0; r < r1; ++r) {
-          const scalar_t* xr = x[k] + r * stride + c0;
-          acc_t* ar = acc + (r - r0) * w;
-_Pragma("omp simd")
-          for (int64_t c = 0; c < w; ++c) ar[c] += ak * static_cast<acc_t>(xr[c]);
-        }
-      }
-      for (int64_t r = r0; r < r1; ++r) {
-        const acc_t* ar = acc + (r - r0) * w;
-        scalar_t* orow = o + r * cols + c0;
-_Pragma("omp simd")
-        for (int64_t c = 0; c < w; ++c) orow[c] = static_cast<scalar_t>(ar[c]);
-      }
+    tiles.run([&](int64_t, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+      for (int64_t r = r0; r < r1; ++r) mix_row(x.data(), L, a, b, r * stride, o + r * cols, c0, c1);
     });
   });
 }
@@ -112,37 +182,32 @@ void mix_backward(const at::Tensor& grad_out, const std::vector<at::Tensor>& xs,
     const scalar_t* go = grad_out.data_ptr<scalar_t>();
     acc_t* part = dots ? partials.data_ptr<acc_t>() : nullptr;
     const int64_t L = static_cast<int64_t>(x.size());
-    tiles.run<acc_t>([&](int64_t t, int64_t r0, int64_t r1, int64_t c0, int64_t c1, acc_t* g) {
-      const int64_t w = c1 - c0;
+    tiles.run([&](int64_t t, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+      std::vector<acc_t> dot(static_cast<size_t>(L), acc_t(0));
       acc_t gsum = 0;
-      for (int64_t r = r0; r < r1; ++r) {
-        const scalar_t* src = go + r * cols + c0;
-        acc_t* gr = g + (r - r0) * w;
-_Pragma("omp simd reduction(+ : gsum)")
-        for (int64_t c = 0; c < w; ++c) {
-          gr[c] = static_cast<acc_t>(src[c]);
-          gsum += gr[c];
-        }
-      }
-      for (int64_t k = 0; k < L; ++k) {
-        const acc_t ak = a[k], mk = mu[k];
-        acc_t dot = 0;
+      BwdVec<scalar_t, acc_t> vec(L);
+      // Two sweeps over the tile, the reductions and then the writes, each with half the concurrent memory
+      // streams of a single sweep (the tile's output gradient is still in cache for the second).
+      for (int pass = dots ? 0 : 1; pass < 2; ++pass) {
+        const bool sum = pass == 0, write = pass == 1;
         for (int64_t r = r0; r < r1; ++r) {
-          const acc_t* gr = g + (r - r0) * w;
-          if (dots) {
-            const scalar_t* xr = x[k] + r * stride + c0;
-_Pragma("omp simd reduction(+ : dot)")
-            for (int64_t c = 0; c < w; ++c) dot += gr[c] * (static_cast<acc_t>(xr[c]) - mk);
-          }
-          if (gx[k]) {
-            scalar_t* dst = gx[k] + r * cols + c0;
-_Pragma("omp simd")
-            for (int64_t c = 0; c < w; ++c) dst[c] = static_cast<scalar_t>(ak * gr[c]);
+          const int64_t in = r * stride, on = r * cols;
+          int64_t c = vec.row(go + on, x.data(), gx.data(), L, a, mu, in, on, c0, c1, sum, write);
+          for (; c < c1; ++c) {
+            const acc_t g = static_cast<acc_t>(go[on + c]);
+            if (sum) gsum += g;
+            for (int64_t k = 0; k < L; ++k) {
+              if (sum) dot[k] += g * (static_cast<acc_t>(x[k][in + c]) - mu[k]);
+              if (write && gx[k]) gx[k][on + c] = static_cast<scalar_t>(a[k] * g);
+            }
           }
         }
-        if (dots) part[t * (L + 1) + k] = dot;
       }
-      if (dots) part[t * (L + 1) + L] = gsum;
+      vec.reduce(dot.data(), gsum, L);
+      if (dots) {
+        for (int64_t k = 0; k < L; ++k) part[t * (L + 1) + k] = dot[k];
+        part[t * (L + 1) + L] = gsum;
+      }
     });
   });
 }
@@ -157,7 +222,7 @@ void ln_stats(const std::vector<at::Tensor>& xs, const at::Tensor& row_mask, at:
     const acc_t* m = row_mask.data_ptr<acc_t>();
     acc_t* part = partials.data_ptr<acc_t>();
     const int64_t L = static_cast<int64_t>(x.size());
-    tiles.run<acc_t>([&](int64_t t, int64_t r0, int64_t r1, int64_t c0, int64_t c1, acc_t*) {
+    tiles.run([&](int64_t t, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
       const int64_t w = c1 - c0;
       acc_t n = 0;
       for (int64_t r = r0; r < r1; ++r) n += m[r] * static_cast<acc_t>(w);
@@ -202,7 +267,7 @@ void ln_backward(const at::Tensor& grad_out, const std::vector<at::Tensor>& xs, 
                 *be = beta.data_ptr<acc_t>(), *mu = center.data_ptr<acc_t>();
     const scalar_t* go = grad_out.data_ptr<scalar_t>();
     const int64_t L = static_cast<int64_t>(x.size());
-    tiles.run<acc_t>([&](int64_t, int64_t r0, int64_t r1, int64_t c0, int64_t c1, acc_t*) {
+    tiles.run([&](int64_t, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
       for (int64_t k = 0; k < L; ++k) {
         if (!gx[k]) continue;
         const acc_t ak = a[k], mk = mu[k];

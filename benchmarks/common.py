@@ -1,0 +1,135 @@
+"""Helpers shared by the benchmarks: device facts, timing, copy bandwidth, tables and result files."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import statistics
+import time
+from typing import Callable, Dict, List, Sequence
+
+import torch
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            found = re.search(r"model name\s*:\s*(.+)", f.read())
+        model = found.group(1).strip() if found else model
+    except OSError:
+        pass
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def environment(device: torch.device) -> Dict[str, str]:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except Exception:
+        triton_version = "not installed"
+    try:
+        import transformers
+
+        transformers_version = transformers.__version__
+    except Exception:
+        transformers_version = "not installed"
+    return {"device": device.type, "device_name": device_name(device), "torch": torch.__version__,
+            "triton": triton_version, "transformers": transformers_version, "python": platform.python_version(),
+            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _CacheFlusher:
+    """Writes a buffer larger than the GPU's L2 between timed runs so no run starts with warm inputs."""
+
+    def __init__(self, device: torch.device):
+        self.buf = torch.empty(256 * 2**20, dtype=torch.int8, device=device) if device.type == "cuda" else None
+
+    def __call__(self) -> None:
+        if self.buf is not None:
+            self.buf.zero_()
+
+
+def time_fn(fn: Callable[[], object], device: torch.device, reps: int = 30, warmup: int = 5,
+            setup: Callable[[], object] = None) -> Dict[str, float]:
+    """Median and 20th/80th percentile milliseconds of ``fn()`` (``setup()`` runs untimed before each call)."""
+    flush = _CacheFlusher(device)
+    for _ in range(warmup):
+        if setup is not None:
+            setup()
+        fn()
+    synchronize(device)
+    times: List[float] = []
+    for _ in range(reps):
+        if setup is not None:
+            setup()
+        flush()
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+    return {"median_ms": statistics.median(times), "p20_ms": q[1], "p80_ms": q[7]}
+
+
+def copy_bandwidth_gbs(device: torch.device, nbytes: int = None) -> float:
+    """Measured device copy bandwidth (bytes read + bytes written per second) for a large ``copy_``."""
+    nbytes = nbytes or (1 << 30 if device.type == "cuda" else 1 << 28)
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    t = time_fn(lambda: dst.copy_(src), device, reps=20, warmup=3)
+    return 2 * nbytes / (t["median_ms"] * 1e-3) / 1e9
+
+
+def markdown_table(rows: Sequence[Dict], columns: Sequence[tuple]) -> str:
+    """``columns``: (header, key, format) triples; a missing value prints as '-'."""
+    lines = ["| " + " | ".join(h for h, _, _ in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        cells = []
+        for _, key, fmt in columns:
+            value = row.get(key)
+            cells.append("-" if value is None else (fmt.format(value) if fmt else str(value)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60]
+
+
+def write_results(name: str, env: Dict[str, str], rows: Sequence[Dict], table: str, out_dir: str = None,
+                  notes: str = "") -> List[str]:
+    """Write ``<name>_<device>.json`` (environment + rows) and ``.md`` (the table); return their paths.
+
+    One file pair per benchmark and device, overwritten by the next run there: the last run on each device."""
+    out_dir = out_dir or RESULTS_DIR
+    os.makedirs(out_dir, exist_ok=True)
+    base = os.path.join(out_dir, f"{name}_{env['device']}-{slug(env['device_name'])}")
+    with open(base + ".json", "w") as f:
+        json.dump({"environment": env, "rows": list(rows)}, f, indent=1)
+    header = (f"# {name} on {env['device_name']}\n\n"
+              f"torch {env['torch']}, triton {env['triton']}, transformers {env['transformers']}, "
+              f"python {env['python']}, {env['date']}\n\n")
+    with open(base + ".md", "w") as f:
+        f.write(header + (notes + "\n\n" if notes else "") + table + "\n")
+    return [base + ".json", base + ".md"]

@@ -1,0 +1,218 @@
+"""Benchmark bermo's ScalarMix against the ways people mix layers today, side by side in one run.
+
+    python benchmarks/scalar_mix.py [--quick] [--device cpu|cuda] [--out DIR] [--no-save]
+
+Providers: ``allennlp`` (AllenNLP's eager loop: softmax, split, weight * tensor per layer, sum), ``stack``
+(torch.stack then a weighted sum, as HF and s3prl do), ``compile`` (torch.compile of the AllenNLP loop) and
+``bermo`` (bermo.nn.ScalarMix, auto backend: Triton on GPU, the C++ kernel on CPU). Modes: forward (with
+autograd on, as in training), backward (output already computed), full (forward + backward).
+
+Bytes are the minimum any implementation must move: forward reads each layer once and writes the output
+once, (L + 1) N elements; backward reads the output gradient and each layer once and writes each layer's
+gradient once, (2L + 1) N; full is their sum. GB/s = those bytes / median time; "% copy" compares with the
+device's measured ``copy_`` bandwidth. Errors are max |x - ref| against a float64 reference over the output
+(and, with a backward, every gradient), relative to max |ref| (for the scalar and gamma gradients, to the
+magnitude of the sums they come from, as the softmax backward cancels); the run exits non-zero when bermo's
+error exceeds the tolerance of its dtype.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import copy_bandwidth_gbs, environment, markdown_table, time_fn, write_results  # noqa: E402
+
+from bermo import ScalarMix  # noqa: E402
+
+PARITY_TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+# ------------------------------------------------------------------------------------------------ providers
+def allennlp_mix(tensors, scalar_parameters, gamma):
+    """AllenNLP's ScalarMix.forward data path (without layer norm)."""
+    normed_weights = torch.split(torch.softmax(torch.cat(list(scalar_parameters)), dim=0), 1)
+    pieces = [weight * tensor for weight, tensor in zip(normed_weights, tensors)]
+    return gamma * sum(pieces)
+
+
+def stack_mix(tensors, scalar_parameters, gamma):
+    """Stack the layers, then a weighted sum over the layer axis (HF / s3prl style)."""
+    stacked = torch.stack(list(tensors))
+    weights = torch.softmax(torch.cat(list(scalar_parameters)), dim=0).to(stacked.dtype)
+    return gamma.to(stacked.dtype) * (weights.view(-1, *[1] * (stacked.dim() - 1)) * stacked).sum(0)
+
+
+def make_providers(mixture_size):
+    compiled = torch.compile(allennlp_mix)
+    module = ScalarMix(mixture_size)
+
+    def bermo_mix(tensors, scalar_parameters, gamma):
+        return module(tensors)
+
+    return module, {"allennlp": allennlp_mix, "stack": stack_mix, "compile": compiled, "bermo": bermo_mix}
+
+
+# ------------------------------------------------------------------------------------------------ running
+def case_inputs(B, T, H, L, dtype, device, seed=0):
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    layers = [torch.randn(B, T, H, generator=gen).to(device=device, dtype=dtype).requires_grad_() for _ in range(L)]
+    grad_out = torch.randn(B, T, H, generator=gen).to(device=device, dtype=dtype)
+    return layers, grad_out
+
+
+def reference(layers, module, grad_out, with_backward):
+    """Float64 results and, for each, the scale its error is measured against: max |result| for the output
+    and the layer gradients; for the scalar and gamma gradients, which cancel through the softmax, the
+    magnitude of the terms they are computed from (gamma * w_k * sum |g| |t_k|)."""
+    xs = [t.detach().double().requires_grad_() for t in layers]
+    s = [p.detach().double().requires_grad_() for p in module.scalar_parameters]
+    g = module.gamma.detach().double().requires_grad_()
+    out = allennlp_mix(xs, s, g)
+    results, scales = [out.detach()], [out.abs().max().item()]
+    if with_backward:
+        grads = torch.autograd.grad(out, xs + s + [g], grad_out.double())
+        g64 = grad_out.double().abs()
+        w = torch.softmax(torch.cat(s).detach(), 0)
+        terms = torch.stack([(g64 * x.detach().abs()).sum() for x in xs]) * w
+        results += list(grads)
+        scales += [t.abs().max().item() for t in grads[:len(xs)]]
+        scales += [g.item() * terms.max().item()] * len(s) + [terms.sum().item()]
+    return results, scales
+
+
+def max_rel_error(got, ref):
+    results, scales = ref
+    return max((a.detach().double() - r).abs().max().item() / (scale or 1.0)
+               for a, r, scale in zip(got, results, scales))
+
+
+def bench_case(shape, dtype, device, modes, reps, copy_bw):
+    B, T, H, L = shape
+    N = B * T * H
+    esize = torch.empty((), dtype=dtype).element_size()
+    bytes_by_mode = {"forward": (L + 1) * N * esize, "backward": (2 * L + 1) * N * esize,
+                     "full": (3 * L + 2) * N * esize}
+    layers, grad_out = case_inputs(B, T, H, L, dtype, device)
+    module, providers = make_providers(L)
+    module.to(device)
+    with torch.no_grad():  # non-trivial weights, so a wrong weight shows in the error column
+        for k, p in enumerate(module.scalar_parameters):
+            p.fill_(0.1 * k - 0.3)
+        module.gamma.fill_(1.25)
+    params = list(module.scalar_parameters) + [module.gamma]
+    inputs = layers + params
+    ref_fwd = reference(layers, module, grad_out, with_backward=False)
+    ref_all = reference(layers, module, grad_out, with_backward=True) if modes != ["forward"] else None
+    rows = []
+    for name, fn in providers.items():
+        def forward():
+            return fn(layers, module.scalar_parameters, module.gamma)
+
+        out = forward()
+        # AllenNLP promotes 16-bit inputs to float32: its gradient arrives in the output's dtype.
+        g = grad_out.to(out.dtype)
+        errors = {"forward": max_rel_error([out], ref_fwd)}
+        if ref_all is not None:
+            grads = torch.autograd.grad(out, inputs, g, retain_graph=True)
+            errors["backward"] = errors["full"] = max_rel_error([out, *grads], ref_all)
+        for mode in modes:
+            if mode == "forward":
+                run, setup = forward, None
+            elif mode == "backward":
+                state = {}
+
+                def setup():
+                    state["out"] = forward()
+
+                def run():
+                    return torch.autograd.grad(state["out"], inputs, g)
+            else:
+                def run():
+                    return torch.autograd.grad(forward(), inputs, g)
+                setup = None
+            peak = None
+            if device.type == "cuda":
+                if setup:
+                    setup()
+                torch.cuda.synchronize()
+                base = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+                run()
+                torch.cuda.synchronize()
+                peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+            t = time_fn(run, device, reps=reps, warmup=3, setup=setup)
+            gbs = bytes_by_mode[mode] / (t["median_ms"] * 1e-3) / 1e9
+            rows.append({"shape": f"B={B} T={T} H={H} L={L}", "dtype": str(dtype).replace("torch.", ""),
+                         "mode": mode, "provider": name, **t, "gbs": gbs, "pct_copy": 100 * gbs / copy_bw,
+                         "peak_mb": peak, "max_rel_err": errors[mode]})
+        del out
+    for mode in modes:  # speedups, from rows measured side by side in this run
+        same = {r["provider"]: r for r in rows if r["mode"] == mode}
+        for r in same.values():
+            r["x_allennlp"] = same["allennlp"]["median_ms"] / r["median_ms"]
+            r["x_compile"] = same["compile"]["median_ms"] / r["median_ms"]
+    return rows
+
+
+COLUMNS = [("shape", "shape", ""), ("dtype", "dtype", ""), ("mode", "mode", ""), ("provider", "provider", ""),
+           ("median ms", "median_ms", "{:.3f}"), ("p20 ms", "p20_ms", "{:.3f}"), ("p80 ms", "p80_ms", "{:.3f}"),
+           ("GB/s", "gbs", "{:.1f}"), ("% copy BW", "pct_copy", "{:.0f}%"),
+           ("x allennlp", "x_allennlp", "{:.2f}x"), ("x compile", "x_compile", "{:.2f}x"),
+           ("peak MiB", "peak_mb", "{:.0f}"), ("max rel err", "max_rel_err", "{:.1e}")]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="one small shape, few repetitions (smoke test)")
+    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--modes", nargs="+", default=["forward", "backward", "full"],
+                        choices=["forward", "backward", "full"])
+    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--no-save", action="store_true")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if args.quick:
+        shapes, dtypes, reps = [(2, 16, 64, 5)], [torch.float32], args.reps or 5
+    elif device.type == "cuda":
+        shapes = [(32, 128, 768, 13), (32, 128, 1024, 25)]
+        dtypes, reps = [torch.bfloat16, torch.float32], args.reps or 50
+    else:
+        shapes = [(8, 128, 768, 13), (4, 128, 1024, 25)]
+        dtypes, reps = [torch.float32], args.reps or 20
+    env = environment(device)
+    copy_bw = copy_bandwidth_gbs(device)
+    print(f"# ScalarMix benchmark on {env['device_name']} (torch {env['torch']}, triton {env['triton']}); "
+          f"measured copy bandwidth {copy_bw:.1f} GB/s", flush=True)
+    rows = []
+    for shape in shapes:
+        for dtype in dtypes:
+            print(f"... B={shape[0]} T={shape[1]} H={shape[2]} L={shape[3]} {dtype}", flush=True)
+            rows += bench_case(shape, dtype, device, args.modes, reps, copy_bw)
+    for r in rows:
+        r["copy_bw_gbs"] = copy_bw
+    table = markdown_table(rows, COLUMNS)
+    print(table)
+    if not args.no_save:
+        notes = (f"Measured copy bandwidth: {copy_bw:.1f} GB/s. Bytes counted: forward (L+1)N, backward (2L+1)N, "
+                 "full (3L+2)N elements. Errors: max |x - ref| / max |ref| against float64.")
+        for path in write_results("scalar_mix" + ("_quick" if args.quick else ""), env, rows, table, args.out,
+                                  notes):
+            print(f"wrote {path}")
+    # Three-way parity: bermo's error against float64 must stay within the dtype's tolerance, or within 4x the
+    # error of AllenNLP's eager loop in the same dtype.
+    eager = {(r["shape"], r["dtype"], r["mode"]): r["max_rel_err"] for r in rows if r["provider"] == "allennlp"}
+    bad = [r for r in rows if r["provider"] == "bermo" and not r["max_rel_err"] <= max(
+        PARITY_TOL[getattr(torch, r["dtype"])], 4 * eager[(r["shape"], r["dtype"], r["mode"])])]
+    for r in bad:
+        print(f"PARITY FAILURE: bermo {r['shape']} {r['dtype']} {r['mode']}: max rel err {r['max_rel_err']:.2e}",
+              file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
