@@ -210,3 +210,19 @@ def test_zero_dim_tensors(backend, device):
     xs = [torch.tensor(float(k + 1), device=device) for k in range(3)]
     out = ScalarMix(3, backend=backend).to(device)(xs)
     assert out.shape == () and abs(out.item() - 2.0) < 1e-6
+
+
+@pytest.mark.slow
+def test_cpu_kernel_past_two_to_the_31_elements():
+    """int64 addressing: a (2**16 + 1, 2**15) float16 layer holds 2**31 + 2**15 elements."""
+    rows, cols = 2**16 + 1, 2**15
+    x = torch.zeros(rows, cols, dtype=torch.float16)
+    x[-1, -4:] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    x[0, :2] = torch.tensor([5.0, 6.0])
+    module = ScalarMix(1, backend="cpu")
+    with torch.no_grad():
+        module.gamma.fill_(2.0)
+        out = module([x])
+    assert out.dtype == torch.float16 and out.shape == (rows, cols)
+    assert out[-1, -4:].tolist() == [2.0, 4.0, 6.0, 8.0] and out[0, :3].tolist() == [10.0, 12.0, 0.0]
+    assert out[rows // 2].abs().max().item() == 0.0
