@@ -1,0 +1,150 @@
+"""BERMo models on Hugging Face transformers: a BERT encoder whose head reads a scalar mix of its layers."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions, SequenceClassifierOutput
+from transformers.models.bert.modeling_bert import BertModel, BertPooler, BertPreTrainedModel
+
+from ..nn.scalar_mix import ScalarMix
+from .configuration_bermo import BermoConfig
+
+try:  # transformers >= 5: initialisers that leave weights loaded from a checkpoint alone
+    from transformers import initialization as _hf_init
+
+    _constant = _hf_init.constant_
+except ImportError:  # transformers 4: _init_weights only runs on modules whose weights were not loaded
+    def _constant(tensor: torch.Tensor, value: float) -> torch.Tensor:
+        with torch.no_grad():
+            return tensor.fill_(value)
+
+
+@dataclass
+class BermoModelOutput(BaseModelOutputWithPoolingAndCrossAttentions):
+    """BERT's output plus the mix: ``mixed_cls_state`` (B, H), the mixed [CLS] representation the pooler
+    reads; ``mixed_hidden_state`` (B, T, H), the whole mixed sequence when asked for
+    (``output_mixed_sequence=True``); ``mixing_weights`` (L,), the current ``softmax(s)``; ``mixing_gamma``."""
+
+    mixed_cls_state: Optional[torch.FloatTensor] = None
+    mixed_hidden_state: Optional[torch.FloatTensor] = None
+    mixing_weights: Optional[torch.FloatTensor] = None
+    mixing_gamma: Optional[torch.FloatTensor] = None
+
+
+@dataclass
+class BermoSequenceClassifierOutput(SequenceClassifierOutput):
+    mixing_weights: Optional[torch.FloatTensor] = None
+
+
+class BermoPreTrainedModel(BertPreTrainedModel):
+    config_class = BermoConfig
+    base_model_prefix = "bert"  # BERT checkpoints (bare or with a head) load as they are
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, ScalarMix):
+            # transformers (re)initialises missing weights here; left alone, a fresh mix would hold whatever
+            # memory it was materialised in. Give it its configured start: s from the config, gamma = 1.
+            initial = self.config.mix_initial_scalars or [0.0] * module.mixture_size
+            for p, value in zip(module.scalar_parameters, initial):
+                _constant(p, value)
+            _constant(module.gamma, 1.0)
+
+
+class BermoModel(BermoPreTrainedModel, BertModel):
+    """BERT whose pooler reads ``gamma * sum_k softmax(s)_k * h_k`` over the configured representations.
+
+    The encoder's representations are gathered internally (the caller need not ask for hidden states). When
+    only the [CLS] representation is needed (the default), only that position is mixed: T-fold less work
+    and the same result as mixing the whole sequence and slicing; ``output_mixed_sequence=True`` (or layer
+    norm, whose statistics span the whole sequence) mixes every position. The layers are passed to the mix
+    as they are: no stacked copy of the hidden states is made.
+    """
+
+    def __init__(self, config: BermoConfig, add_pooling_layer: bool = True):
+        super().__init__(config, add_pooling_layer=False)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.scalar_mix = ScalarMix(len(config.mixed_layer_indices()), do_layer_norm=config.mix_layer_norm,
+                                    initial_scalar_parameters=config.mix_initial_scalars,
+                                    backend=config.mix_backend)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+                output_mixed_sequence: Optional[bool] = None, **kwargs):
+        want_hidden = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        if output_attentions is not None:
+            kwargs["output_attentions"] = output_attentions
+        outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                                  position_ids=position_ids, inputs_embeds=inputs_embeds,
+                                  output_hidden_states=True, return_dict=True, **kwargs)
+        hidden = outputs.hidden_states
+        layers = [hidden[i] for i in self.config.mixed_layer_indices()]
+        mixed_seq = None
+        if output_mixed_sequence or self.config.mix_layer_norm:
+            mask = None
+            if self.config.mix_layer_norm:
+                mask = attention_mask if attention_mask is not None else torch.ones(
+                    layers[0].shape[:-1], dtype=torch.bool, device=layers[0].device)
+            mixed_seq = self.scalar_mix(layers, mask)
+            mixed_cls = mixed_seq[:, 0]
+        else:
+            mixed_cls = self.scalar_mix([h[:, 0] for h in layers])
+        pooled = self.pooler(mixed_cls.unsqueeze(1)) if self.pooler is not None else None
+        out = BermoModelOutput(
+            last_hidden_state=outputs.last_hidden_state, pooler_output=pooled,
+            hidden_states=hidden if want_hidden else None, attentions=getattr(outputs, "attentions", None),
+            mixed_cls_state=mixed_cls, mixed_hidden_state=mixed_seq if output_mixed_sequence else None,
+            mixing_weights=self.scalar_mix.mixing_weights(), mixing_gamma=self.scalar_mix.gamma.detach())
+        return out if return_dict else out.to_tuple()
+
+
+class BermoForSequenceClassification(BermoPreTrainedModel):
+    """BERMo with a dropout + linear head on the pooled mixed [CLS] representation; the loss follows
+    ``config.problem_type`` (regression, single-label or multi-label), as ``BertForSequenceClassification``."""
+
+    def __init__(self, config: BermoConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = BermoModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **kwargs):
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        outputs = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            position_ids=position_ids, inputs_embeds=inputs_embeds,
+                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                            return_dict=True, **kwargs)
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+        loss = self._loss(logits, labels) if labels is not None else None
+        out = BermoSequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                            attentions=outputs.attentions, mixing_weights=outputs.mixing_weights)
+        return out if return_dict else out.to_tuple()
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        if self.config.problem_type == "regression":
+            if self.num_labels == 1:
+                return nn.functional.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
+            return nn.functional.mse_loss(logits, labels.to(logits.dtype))
+        if self.config.problem_type == "single_label_classification":
+            return nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        if self.config.problem_type == "multi_label_classification":
+            return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        raise ValueError(f"unknown problem_type {self.config.problem_type!r}: use 'regression', "
+                         "'single_label_classification' or 'multi_label_classification'")

