@@ -24,3 +24,15 @@ def test_scalar_mix_benchmark_quick(tmp_path):
         (p, m) for p in ("allennlp", "stack", "compile", "bermo") for m in ("forward", "backward", "full")}
     for r in rows:
         assert r["median_ms"] > 0 and r["gbs"] > 0 and r["max_rel_err"] < 1e-4
+
+
+@pytest.mark.slow
+def test_bermo_overhead_benchmark_quick(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bermo_overhead.py"), "--quick",
+                           "--device", "cpu", "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (result,) = [f for f in os.listdir(tmp_path) if f.endswith(".json")]
+    rows = json.loads((tmp_path / result).read_text())["rows"]
+    assert {(r["model"], r["mode"]) for r in rows} == {
+        (m, mode) for m in ("bert", "bermo") for mode in ("inference", "training step")}
+    assert all(r["tokens_per_s"] > 0 for r in rows)
