@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
-from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import environment, markdown_table, synchronize, write_results  # noqa: E402
+from common import environment, markdown_table, time_interleaved, write_results  # noqa: E402
 
 from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 
@@ -42,27 +39,6 @@ def build(shape: str, device):
     missing, unexpected = bermo.load_state_dict(bert.state_dict(), strict=False)
     assert not unexpected and all("scalar_mix" in k for k in missing), (missing, unexpected)
     return bert, bermo
-
-
-def timed(fn, device) -> float:
-    synchronize(device)
-    t0 = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - t0
-
-
-def measure(models, make_step, device, reps, warmup, desc):
-    steps = {name: make_step(model) for name, model in models.items()}
-    for _ in range(warmup):
-        for step in steps.values():
-            step()
-    times = {name: [] for name in models}
-    for _ in tqdm(range(reps), desc=desc, leave=False):
-        for name, step in steps.items():  # interleaved
-            times[name].append(timed(step, device))
-    return {name: {"median_s": statistics.median(t), "p20_s": statistics.quantiles(t, n=10)[1],
-                   "p80_s": statistics.quantiles(t, n=10)[7]} for name, t in times.items()}
 
 
 def main(argv=None) -> int:
@@ -114,14 +90,14 @@ def main(argv=None) -> int:
 
     rows = []
     for mode, make in (("inference", inference), ("training step", training)):
-        res = measure(models, make, device, reps, warmup=2, desc=mode)
-        base = res["bert"]["median_s"]
+        res = time_interleaved({name: (make(model), None) for name, model in models.items()}, device, reps, warmup=2,
+                               desc=mode)
+        base = res["bert"]["median_ms"]
         for name in models:
             r = res[name]
-            overhead = r["median_s"] / base - 1
-            rows.append({"shape": f"{shape} B={B} T={T}", "mode": mode, "model": name,
-                         "median_ms": r["median_s"] * 1e3, "p20_ms": r["p20_s"] * 1e3, "p80_ms": r["p80_s"] * 1e3,
-                         "tokens_per_s": B * T / r["median_s"], "overhead_pct": 100 * overhead,
+            overhead = r["median_ms"] / base - 1
+            rows.append({"shape": f"{shape} B={B} T={T}", "mode": mode, "model": name, **r,
+                         "tokens_per_s": B * T / (r["median_ms"] * 1e-3), "overhead_pct": 100 * overhead,
                          "within_target": None if name == "bert" else overhead <= TARGET})
     columns = [("shape", "shape", ""), ("mode", "mode", ""), ("model", "model", ""),
                ("median ms", "median_ms", "{:.2f}"), ("p20 ms", "p20_ms", "{:.2f}"), ("p80 ms", "p80_ms", "{:.2f}"),

@@ -11,6 +11,7 @@ import time
 from typing import Callable, Dict, List, Sequence
 
 import torch
+from tqdm import tqdm
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -46,6 +47,25 @@ def environment(device: torch.device) -> Dict[str, str]:
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
+def steady_state_malloc() -> bool:
+    """Keep glibc from returning freed memory to the OS (no trimming, no per-allocation mmap).
+
+    Every provider allocates its outputs afresh each step; with glibc's defaults, multi-MB blocks are mmapped
+    or trimmed and page-faulted in again at random, which adds several ms of noise to whichever provider it
+    hits. Applied once for the whole run, so all providers are measured alike. Returns whether it applied."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+        ok = libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) == 1
+        ok &= libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
+        ok &= libc.mallopt(M_TOP_PAD, 256 << 20) == 1
+        return bool(ok)
+    except (OSError, AttributeError):
+        return False
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -62,33 +82,51 @@ class _CacheFlusher:
             self.buf.zero_()
 
 
-def time_fn(fn: Callable[[], object], device: torch.device, reps: int = 30, warmup: int = 5,
-            setup: Callable[[], object] = None) -> Dict[str, float]:
-    """Median and 20th/80th percentile milliseconds of ``fn()`` (``setup()`` runs untimed before each call)."""
+def _time_once(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def time_interleaved(cases: Dict[str, tuple], device: torch.device, reps: int = 30, warmup: int = 3,
+                     desc: str = None) -> Dict[str, Dict[str, float]]:
+    """Median and 20th/80th percentile milliseconds of each case ``name: (fn, setup or None)``.
+
+    The cases take turns within every repetition (A, B, C, A, B, C, ...), so the drifts of a noisy machine
+    hit all of them alike and their ratios stay meaningful; ``setup()`` runs untimed before each call, and
+    on a GPU the L2 cache is flushed before each timed call. ``desc`` shows a progress bar."""
     flush = _CacheFlusher(device)
     for _ in range(warmup):
-        if setup is not None:
-            setup()
-        fn()
+        for fn, setup in cases.values():
+            if setup is not None:
+                setup()
+            fn()
     synchronize(device)
-    times: List[float] = []
-    for _ in range(reps):
-        if setup is not None:
-            setup()
-        flush()
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
-    return {"median_ms": statistics.median(times), "p20_ms": q[1], "p80_ms": q[7]}
+    times: Dict[str, List[float]] = {name: [] for name in cases}
+    for _ in tqdm(range(reps), desc=desc, leave=False, disable=desc is None):
+        for name, (fn, setup) in cases.items():
+            if setup is not None:
+                setup()
+            flush()
+            times[name].append(_time_once(fn, device))
+    out = {}
+    for name, t in times.items():
+        q = statistics.quantiles(t, n=10) if len(t) >= 2 else [t[0]] * 9
+        out[name] = {"median_ms": statistics.median(t), "p20_ms": q[1], "p80_ms": q[7]}
+    return out
+
+
+def time_fn(fn: Callable[[], object], device: torch.device, reps: int = 30, warmup: int = 5,
+            setup: Callable[[], object] = None) -> Dict[str, float]:
+    """Median and 20th/80th percentile milliseconds of ``fn()`` alone."""
+    return time_interleaved({"fn": (fn, setup)}, device, reps, warmup)["fn"]
 
 
 def copy_bandwidth_gbs(device: torch.device, nbytes: int = None) -> float:

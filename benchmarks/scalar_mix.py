@@ -5,7 +5,8 @@
 Providers: ``allennlp`` (AllenNLP's eager loop: softmax, split, weight * tensor per layer, sum), ``stack``
 (torch.stack then a weighted sum, as HF and s3prl do), ``compile`` (torch.compile of the AllenNLP loop) and
 ``bermo`` (bermo.nn.ScalarMix, auto backend: Triton on GPU, the C++ kernel on CPU). Modes: forward (with
-autograd on, as in training), backward (output already computed), full (forward + backward).
+autograd on, as in training), backward (output already computed), full (forward + backward). Providers
+take turns within every repetition, so a noisy machine's drifts hit them alike.
 
 Bytes are the minimum any implementation must move: forward reads each layer once and writes the output
 once, (L + 1) N elements; backward reads the output gradient and each layer once and writes each layer's
@@ -24,7 +25,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import copy_bandwidth_gbs, environment, markdown_table, time_fn, write_results  # noqa: E402
+from common import (copy_bandwidth_gbs, environment, markdown_table, steady_state_malloc,  # noqa: E402
+                    time_interleaved, write_results)
 
 from bermo import ScalarMix  # noqa: E402
 
@@ -90,6 +92,20 @@ def max_rel_error(got, ref):
                for a, r, scale in zip(got, results, scales))
 
 
+def _peak_mib(run, setup, device):
+    """Peak GPU memory of one call above what was allocated before it (None on CPU)."""
+    if device.type != "cuda":
+        return None
+    if setup:
+        setup()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    run()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
 def bench_case(shape, dtype, device, modes, reps, copy_bw):
     B, T, H, L = shape
     N = B * T * H
@@ -107,49 +123,44 @@ def bench_case(shape, dtype, device, modes, reps, copy_bw):
     inputs = layers + params
     ref_fwd = reference(layers, module, grad_out, with_backward=False)
     ref_all = reference(layers, module, grad_out, with_backward=True) if modes != ["forward"] else None
-    rows = []
+    errors, cases = {}, {mode: {} for mode in modes}
     for name, fn in providers.items():
-        def forward():
+        def forward(fn=fn):
             return fn(layers, module.scalar_parameters, module.gamma)
 
         out = forward()
         # AllenNLP promotes 16-bit inputs to float32: its gradient arrives in the output's dtype.
         g = grad_out.to(out.dtype)
-        errors = {"forward": max_rel_error([out], ref_fwd)}
+        errors[name] = {"forward": max_rel_error([out], ref_fwd)}
         if ref_all is not None:
             grads = torch.autograd.grad(out, inputs, g, retain_graph=True)
-            errors["backward"] = errors["full"] = max_rel_error([out, *grads], ref_all)
+            errors[name]["backward"] = errors[name]["full"] = max_rel_error([out, *grads], ref_all)
+        del out
         for mode in modes:
             if mode == "forward":
-                run, setup = forward, None
+                cases[mode][name] = (forward, None)
             elif mode == "backward":
                 state = {}
 
-                def setup():
+                def setup(state=state, forward=forward):
                     state["out"] = forward()
 
-                def run():
+                def run(state=state, g=g):
                     return torch.autograd.grad(state["out"], inputs, g)
+                cases[mode][name] = (run, setup)
             else:
-                def run():
+                def run(forward=forward, g=g):
                     return torch.autograd.grad(forward(), inputs, g)
-                setup = None
-            peak = None
-            if device.type == "cuda":
-                if setup:
-                    setup()
-                torch.cuda.synchronize()
-                base = torch.cuda.memory_allocated()
-                torch.cuda.reset_peak_memory_stats()
-                run()
-                torch.cuda.synchronize()
-                peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-            t = time_fn(run, device, reps=reps, warmup=3, setup=setup)
+                cases[mode][name] = (run, None)
+    rows = []
+    for mode in modes:
+        peaks = {name: _peak_mib(run, setup, device) for name, (run, setup) in cases[mode].items()}
+        timings = time_interleaved(cases[mode], device, reps=reps, desc=f"{mode} B={B} L={L} {dtype}")
+        for name, t in timings.items():
             gbs = bytes_by_mode[mode] / (t["median_ms"] * 1e-3) / 1e9
             rows.append({"shape": f"B={B} T={T} H={H} L={L}", "dtype": str(dtype).replace("torch.", ""),
                          "mode": mode, "provider": name, **t, "gbs": gbs, "pct_copy": 100 * gbs / copy_bw,
-                         "peak_mb": peak, "max_rel_err": errors[mode]})
-        del out
+                         "peak_mb": peaks[name], "max_rel_err": errors[name][mode]})
     for mode in modes:  # speedups, from rows measured side by side in this run
         same = {r["provider"]: r for r in rows if r["mode"] == mode}
         for r in same.values():
@@ -174,8 +185,11 @@ def main(argv=None) -> int:
                         choices=["forward", "backward", "full"])
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc defaults (CPU runs then include random page-fault noise)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    steady = device.type == "cpu" and not args.default_malloc and steady_state_malloc()
     if args.quick:
         shapes, dtypes, reps = [(2, 16, 64, 5)], [torch.float32], args.reps or 5
     elif device.type == "cuda":
@@ -187,7 +201,7 @@ def main(argv=None) -> int:
     env = environment(device)
     copy_bw = copy_bandwidth_gbs(device)
     print(f"# ScalarMix benchmark on {env['device_name']} (torch {env['torch']}, triton {env['triton']}); "
-          f"measured copy bandwidth {copy_bw:.1f} GB/s", flush=True)
+          f"measured copy bandwidth {copy_bw:.1f} GB/s" + ("; steady-state malloc" if steady else ""), flush=True)
     rows = []
     for shape in shapes:
         for dtype in dtypes:
@@ -199,7 +213,8 @@ def main(argv=None) -> int:
     print(table)
     if not args.no_save:
         notes = (f"Measured copy bandwidth: {copy_bw:.1f} GB/s. Bytes counted: forward (L+1)N, backward (2L+1)N, "
-                 "full (3L+2)N elements. Errors: max |x - ref| / max |ref| against float64.")
+                 "full (3L+2)N elements. Errors against float64 (see the script's docstring). "
+                 + ("glibc malloc in steady state (no trimming/mmap) for every provider." if steady else ""))
         for path in write_results("scalar_mix" + ("_quick" if args.quick else ""), env, rows, table, args.out,
                                   notes):
             print(f"wrote {path}")

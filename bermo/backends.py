@@ -48,7 +48,7 @@ def _triton_import_error() -> Optional[str]:
     if importlib.util.find_spec("triton") is None:
         return "Triton is not installed"
     try:
-        import triton  # noqa: F401
+        import triton  # noqa: F401  (importable is not enough: a broken install fails here)
     except Exception as exc:  # pragma: no cover - broken installs
         return f"Triton failed to import: {exc}"
     return None

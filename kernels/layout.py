@@ -10,7 +10,7 @@ contiguous, one layer at a time.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import torch
 

@@ -19,7 +19,7 @@ stacked; offsets are computed in int64 so tensors past 2**31 elements work.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 import triton

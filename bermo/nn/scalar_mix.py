@@ -1,7 +1,7 @@
 """``bermo.nn.ScalarMix``: a drop-in replacement for AllenNLP's ``ScalarMix`` backed by fused kernels."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional
 
 import torch
 from torch.nn import Parameter, ParameterList

@@ -20,6 +20,8 @@
 namespace {
 
 constexpr int64_t kTile = 16384;  // elements per parallel task
+constexpr int64_t kGroup = 8;     // layers streamed at once by the float paths (8 beat 16 and 32 here)
+constexpr int64_t kBlock = 512;   // columns per L1-resident partial block of the float paths
 
 struct Tiles {
   int64_t rows, cols, stride, col_block, row_block, n_col_blocks, count;
@@ -72,22 +74,35 @@ inline int64_t mix_row_vec(const scalar_t* const*, int64_t, const acc_t*, acc_t,
   return c0;  // no vector path: the scalar loop below does the whole row
 }
 
-// float: blocks of 16 outputs accumulated in registers across all layers, so every layer's stream is touched
-// once per block and many independent loads are in flight.
+// float: blocks of 16 outputs accumulated in registers across a group of at most kGroup layers; with more
+// layers, the row is cut into kBlock-wide pieces whose partial sums wait in the (L1-resident) output while
+// the next group streams through. Every layer is still read once; only kGroup streams run at a time, since
+// dozens of same-offset streams (layers of 2^k bytes sit at equal low address bits) defeat the caches'
+// associativity and the prefetchers.
 inline int64_t mix_row_vec(const float* const* x, int64_t L, const float* a, float b, int64_t in, float* o,
                            int64_t c0, int64_t c1) {
-  int64_t c = c0;
-  for (; c + 16 <= c1; c += 16) {
-    f32x8 v0 = f32x8{} + b, v1 = v0;
-    for (int64_t k = 0; k < L; ++k) {
-      const float* xr = x[k] + in + c;
-      v0 += a[k] * load8(xr);
-      v1 += a[k] * load8(xr + 8);
+  const int64_t end = c0 + (c1 - c0) / 16 * 16;
+  for (int64_t s = c0; s < end; s += kBlock) {
+    const int64_t e = std::min(end, s + kBlock);
+    for (int64_t k0 = 0; k0 < L; k0 += kGroup) {
+      const int64_t k1 = std::min(L, k0 + kGroup);
+      for (int64_t c = s; c < e; c += 16) {
+        f32x8 v0 = f32x8{} + b, v1 = v0;
+        if (k0 > 0) {
+          v0 = load8(o + c);
+          v1 = load8(o + c + 8);
+        }
+        for (int64_t k = k0; k < k1; ++k) {
+          const float* xr = x[k] + in + c;
+          v0 += a[k] * load8(xr);
+          v1 += a[k] * load8(xr + 8);
+        }
+        store8(o + c, v0);
+        store8(o + c + 8, v1);
+      }
     }
-    store8(o + c, v0);
-    store8(o + c + 8, v1);
   }
-  return c;
+  return end;
 }
 
 template <typename scalar_t, typename acc_t>
@@ -120,22 +135,28 @@ struct BwdVec<float, float> {
   explicit BwdVec(int64_t L) : d(static_cast<size_t>(L), f32x8{}) {}
   int64_t row(const float* g, const float* const* x, float* const* gx, int64_t L, const float* a, const float* mu,
               int64_t in, int64_t on, int64_t c0, int64_t c1, bool dots, bool write) {
-    int64_t c = c0;
-    for (; c + 16 <= c1; c += 16) {
-      const f32x8 g0 = load8(g + c), g1 = load8(g + c + 8);
-      if (dots) gs += g0 + g1;
-      for (int64_t k = 0; k < L; ++k) {
-        if (dots) {
-          const float* xr = x[k] + in + c;
-          d[k] += g0 * (load8(xr) - mu[k]) + g1 * (load8(xr + 8) - mu[k]);
-        }
-        if (write && gx[k]) {
-          store8(gx[k] + on + c, a[k] * g0);
-          store8(gx[k] + on + c + 8, a[k] * g1);
+    const int64_t end = c0 + (c1 - c0) / 16 * 16;
+    for (int64_t s = c0; s < end; s += kBlock) {  // layer groups and blocks as in mix_row_vec
+      const int64_t e = std::min(end, s + kBlock);
+      for (int64_t k0 = 0; k0 < L; k0 += kGroup) {
+        const int64_t k1 = std::min(L, k0 + kGroup);
+        for (int64_t c = s; c < e; c += 16) {
+          const f32x8 g0 = load8(g + c), g1 = load8(g + c + 8);
+          if (dots && k0 == 0) gs += g0 + g1;
+          for (int64_t k = k0; k < k1; ++k) {
+            if (dots) {
+              const float* xr = x[k] + in + c;
+              d[k] += g0 * (load8(xr) - mu[k]) + g1 * (load8(xr + 8) - mu[k]);
+            }
+            if (write && gx[k]) {
+              store8(gx[k] + on + c, a[k] * g0);
+              store8(gx[k] + on + c + 8, a[k] * g1);
+            }
+          }
         }
       }
     }
-    return c;
+    return end;
   }
   void reduce(float* dot, float& gsum, int64_t L) {
     for (int64_t k = 0; k < L; ++k)
