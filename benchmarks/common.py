@@ -99,8 +99,9 @@ def time_interleaved(cases: Dict[str, tuple], device: torch.device, reps: int = 
                      desc: str = None) -> Dict[str, Dict[str, float]]:
     """Median and 20th/80th percentile milliseconds of each case ``name: (fn, setup or None)``.
 
-    The cases take turns within every repetition (A, B, C, A, B, C, ...), so the drifts of a noisy machine
-    hit all of them alike and their ratios stay meaningful; ``setup()`` runs untimed before each call, and
+    The cases take turns within every repetition, in alternating order (A, B, C, C, B, A, ...), so the
+    drifts of a noisy machine and the cache a predecessor leaves hit all of them alike and their ratios stay
+    meaningful; ``setup()`` runs untimed before each call, and
     on a GPU the L2 cache is flushed before each timed call. ``desc`` shows a progress bar."""
     flush = _CacheFlusher(device)
     for _ in range(warmup):
@@ -110,8 +111,10 @@ def time_interleaved(cases: Dict[str, tuple], device: torch.device, reps: int = 
             fn()
     synchronize(device)
     times: Dict[str, List[float]] = {name: [] for name in cases}
-    for _ in tqdm(range(reps), desc=desc, leave=False, disable=desc is None):
-        for name, (fn, setup) in cases.items():
+    order = list(cases)
+    for rep in tqdm(range(reps), desc=desc, leave=False, disable=desc is None):
+        for name in (order if rep % 2 == 0 else order[::-1]):  # alternate who goes first
+            fn, setup = cases[name]
             if setup is not None:
                 setup()
             flush()
