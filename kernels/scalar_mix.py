@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .layout import RowLayout, as_rows, grad_buffers, pointer_table
+from .layout import RowLayout, acc_dtype, as_rows, grad_buffers, pointer_table
 
 
 @triton.jit
@@ -129,12 +129,6 @@ def ln_bwd_kernel(grad_out_ptr, ptr_table, grad_table, row_mask_ptr, coef_ptr, a
 BLOCK_C_CHOICES = (32, 64, 128, 256)
 TORCH_TO_TL = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,
                torch.float64: tl.float64}
-SUPPORTED_DTYPES = tuple(TORCH_TO_TL)
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: float64 for float64 inputs, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def tile_elements(dtype: torch.dtype) -> int:

@@ -178,3 +178,11 @@ def test_cpu_build_failure_falls_back_to_reference_with_one_warning(monkeypatch)
     with pytest.raises(BackendUnavailableError, match="could not be built"):
         ScalarMix(2, backend="cpu")(xs)
     backends._warn_fallback.cache_clear()
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_float64_module_gets_float64_parameter_gradients(backend, device):
+    m = ScalarMix(3, backend=backend).to(device).double()
+    xs = [torch.randn(2, 5, dtype=torch.float64, device=device) for _ in range(3)]
+    m(xs).sum().backward()
+    assert all(p.grad.dtype == torch.float64 for p in m.parameters())

@@ -20,16 +20,11 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 
 from .. import backends
+from ..kernels.layout import SUPPORTED_DTYPES, acc_dtype
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 OP_NAME = "ScalarMix"
 
 TensorsArg = Union[torch.Tensor, Sequence[torch.Tensor]]
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: float64 for float64 inputs, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def layer_norm_eps(dtype: torch.dtype) -> float:
@@ -237,6 +232,7 @@ class ScalarMixFunction(torch.autograd.Function):
             bias = -(coef * mean).sum().reshape(1)
         out = _ops().mix_forward(tensors, coef, bias, backend)
         ctx.backend, ctx.stacked, ctx.num_layers = backend, stacked, len(tensors)
+        ctx.param_dtypes = (scalars.dtype, gamma.dtype)
         ctx.save_for_backward(weights, gam, coef, mean, rstd, count, row_mask, *layers)
         return out
 
@@ -262,13 +258,13 @@ class ScalarMixFunction(torch.autograd.Function):
             if any(need):
                 alpha = coef * total_g / count
                 beta = coef * rstd * rstd * e / count
-                computed = _ops().ln_backward(grad_out, tensors, row_mask, coef, alpha, beta, mean, need, ctx.stacked,
-                                          backend)
+                computed = _ops().ln_backward(grad_out, tensors, row_mask, coef, alpha, beta, mean, need,
+                                              ctx.stacked, backend)
         grad_scalars = grad_gamma = None
         if need_dots:
             q = gam * d
-            grad_scalars = (weights * (q - (weights * q).sum())).to(torch.float32)
-            grad_gamma = (weights * d).sum().reshape(1).to(torch.float32)
+            grad_scalars = (weights * (q - (weights * q).sum())).to(ctx.param_dtypes[0])
+            grad_gamma = (weights * d).sum().reshape(1).to(ctx.param_dtypes[1])
         it = iter(computed)
         layer_grads = [next(it) if f else None for f in need[:1 if ctx.stacked else L]]
         return (grad_scalars, grad_gamma, None, None, None, None, *layer_grads)
