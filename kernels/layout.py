@@ -66,9 +66,16 @@ def as_rows(tensors: Sequence[torch.Tensor]):
 
 
 def pointer_table(tensors: Sequence[torch.Tensor], device) -> torch.Tensor:
-    """int64 tensor of the tensors' addresses (0 for a missing entry), on ``device``."""
-    ptrs = [0 if t is None else t.data_ptr() for t in tensors]
-    return torch.tensor(ptrs, dtype=torch.int64).to(device)
+    """int64 tensor of the tensors' addresses (0 for a missing entry), on ``device``.
+
+    On CUDA the table goes through pinned host memory (PyTorch's caching host allocator) with a non-blocking
+    copy: a copy from pageable memory would make the host wait for the stream, a sync point on every call.
+    The addresses are read at call time, so a launch inside a captured CUDA graph would replay stale ones."""
+    table = torch.tensor([0 if t is None else t.data_ptr() for t in tensors], dtype=torch.int64)
+    device = torch.device(device)
+    if device.type != "cuda":
+        return table
+    return table.pin_memory().to(device, non_blocking=True)
 
 
 def grad_buffers(x0: torch.Tensor, need_grad: Sequence[bool], stacked: bool):
