@@ -10,7 +10,7 @@ Math of the fused path (w = softmax(s), L layers, g the output gradient, sums ov
   ``e_k = <g, t_k - mu_k>``; and, m the row mask,
   ``grad t_k = c_k g - m (c_k S / M + c_k r_k^2 e_k / M (t_k - mu_k))`` with ``S = sum g``.
 * either way ``grad gamma = sum_k w_k d_k`` and, through the softmax with ``q_k = gamma d_k``,
-  ``grad s_k = w_k (q_k - sum_j w_j q_j)``.
+  ``grad s_k = w_k (q_k - sum_j w_j q_j) = gamma w_k (d_k - sum_j w_j d_j)``.
 """
 from __future__ import annotations
 
@@ -220,25 +220,25 @@ class ScalarMixFunction(torch.autograd.Function):
         tensors = list(layers[0].unbind(0)) if stacked else list(layers)
         acc = acc_dtype(tensors[0].dtype)
         weights = torch.softmax(scalars.detach().to(acc), dim=0)
-        gam = gamma.detach().to(acc)
+        gw = weights * gamma.detach().to(acc)  # gamma * w_k
         mean = rstd = count = None
         if row_mask is None:
-            coef = gam * weights
+            coef = gw
             bias = torch.zeros(1, dtype=acc, device=coef.device)
         else:
             mean, var, count = _ops().ln_stats(tensors, row_mask, backend)
             rstd = torch.rsqrt(var + eps)
-            coef = gam * weights * rstd
+            coef = gw * rstd
             bias = -(coef * mean).sum().reshape(1)
         out = _ops().mix_forward(tensors, coef, bias, backend)
         ctx.backend, ctx.stacked, ctx.num_layers = backend, stacked, len(tensors)
         ctx.param_dtypes = (scalars.dtype, gamma.dtype)
-        ctx.save_for_backward(weights, gam, coef, mean, rstd, count, row_mask, *layers)
+        ctx.save_for_backward(weights, gw, coef, mean, rstd, count, row_mask, *layers)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        weights, gam, coef, mean, rstd, count, row_mask, *layers = ctx.saved_tensors
+        weights, gw, coef, mean, rstd, count, row_mask, *layers = ctx.saved_tensors
         tensors = list(layers[0].unbind(0)) if ctx.stacked else list(layers)
         L, backend = ctx.num_layers, ctx.backend
         layer_flags = ctx.needs_input_grad[6:]
@@ -261,10 +261,10 @@ class ScalarMixFunction(torch.autograd.Function):
                 computed = _ops().ln_backward(grad_out, tensors, row_mask, coef, alpha, beta, mean, need,
                                               ctx.stacked, backend)
         grad_scalars = grad_gamma = None
-        if need_dots:
-            q = gam * d
-            grad_scalars = (weights * (q - (weights * q).sum())).to(ctx.param_dtypes[0])
-            grad_gamma = (weights * d).sum().reshape(1).to(ctx.param_dtypes[1])
+        if need_dots:  # few small ops: on a GPU each is a launch beside the one big kernel
+            wd = torch.dot(weights, d)  # = grad gamma
+            grad_scalars = (gw * (d - wd)).to(ctx.param_dtypes[0])  # w_k (q_k - sum_j w_j q_j), q = gamma d
+            grad_gamma = wd.reshape(1).to(ctx.param_dtypes[1])
         it = iter(computed)
         layer_grads = [next(it) if f else None for f in need[:1 if ctx.stacked else L]]
         return (grad_scalars, grad_gamma, None, None, None, None, *layer_grads)
