@@ -180,10 +180,9 @@ def mix_backward(grad_out: torch.Tensor, tensors: Sequence[torch.Tensor], coef: 
     x0 = tensors[0]
     L = len(views)
     outputs, grads = grad_buffers(x0, need_grad, stacked)
-    sums = torch.zeros(L + 1, dtype=coef.dtype, device=x0.device)
     write = any(need_grad)
     if layout.numel == 0 or not (write or compute_dots):
-        return outputs, sums
+        return outputs, torch.zeros(L + 1, dtype=coef.dtype, device=x0.device)
     g = grad_out.contiguous()
     block_r, block_c, warps = block_config(x0.dtype, layout.cols)
     programs = _programs(layout, block_r, block_c)
@@ -192,8 +191,7 @@ def mix_backward(grad_out: torch.Tensor, tensors: Sequence[torch.Tensor], coef: 
         g, pointer_table(views, x0.device), pointer_table(grads, x0.device), coef, center, partials,
         layout.rows, layout.cols, layout.row_stride, L, BLOCK_R=block_r, BLOCK_C=block_c,
         COMPUTE_DOTS=compute_dots, WRITE_GRADS=write, num_warps=warps)
-    if compute_dots:
-        sums = partials.sum(0)
+    sums = partials.sum(0) if compute_dots else torch.zeros(L + 1, dtype=coef.dtype, device=x0.device)
     return outputs, sums
 
 
