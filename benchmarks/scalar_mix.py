@@ -34,28 +34,43 @@ PARITY_TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, to
 
 
 # ------------------------------------------------------------------------------------------------ providers
-def allennlp_mix(tensors, scalar_parameters, gamma):
-    """AllenNLP's ScalarMix.forward data path (without layer norm)."""
+def allennlp_mix(tensors, scalar_parameters, gamma, mask=None):
+    """AllenNLP's ScalarMix.forward data path; with a mask, its masked layer norm of every layer first."""
     normed_weights = torch.split(torch.softmax(torch.cat(list(scalar_parameters)), dim=0), 1)
-    pieces = [weight * tensor for weight, tensor in zip(normed_weights, tensors)]
-    return gamma * sum(pieces)
+    if mask is None:
+        pieces = [weight * tensor for weight, tensor in zip(normed_weights, tensors)]
+        return gamma * sum(pieces)
+    broadcast_mask = mask.unsqueeze(-1)
+    num_elements_not_masked = torch.sum(mask) * tensors[0].size(-1)
+    tiny = 1e-13 if tensors[0].dtype in (torch.float32, torch.float64) else 1e-4
+
+    def layer_norm(tensor):
+        tensor_masked = tensor * broadcast_mask
+        mean = torch.sum(tensor_masked) / num_elements_not_masked
+        variance = torch.sum(((tensor_masked - mean) * broadcast_mask) ** 2) / num_elements_not_masked
+        return (tensor - mean) / torch.sqrt(variance + tiny)
+
+    return gamma * sum(weight * layer_norm(tensor) for weight, tensor in zip(normed_weights, tensors))
 
 
-def stack_mix(tensors, scalar_parameters, gamma):
+def stack_mix(tensors, scalar_parameters, gamma, mask=None):
     """Stack the layers, then a weighted sum over the layer axis (HF / s3prl style)."""
     stacked = torch.stack(list(tensors))
     weights = torch.softmax(torch.cat(list(scalar_parameters)), dim=0).to(stacked.dtype)
     return gamma.to(stacked.dtype) * (weights.view(-1, *[1] * (stacked.dim() - 1)) * stacked).sum(0)
 
 
-def make_providers(mixture_size):
+def make_providers(mixture_size, layer_norm=False):
     compiled = torch.compile(allennlp_mix)
-    module = ScalarMix(mixture_size)
+    module = ScalarMix(mixture_size, do_layer_norm=layer_norm)
 
-    def bermo_mix(tensors, scalar_parameters, gamma):
-        return module(tensors)
+    def bermo_mix(tensors, scalar_parameters, gamma, mask=None):
+        return module(tensors, mask)
 
-    return module, {"allennlp": allennlp_mix, "stack": stack_mix, "compile": compiled, "bermo": bermo_mix}
+    providers = {"allennlp": allennlp_mix, "stack": stack_mix, "compile": compiled, "bermo": bermo_mix}
+    if layer_norm:
+        del providers["stack"]  # the stack-and-sum recipes have no layer norm
+    return module, providers
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -63,27 +78,45 @@ def case_inputs(B, T, H, L, dtype, device, seed=0):
     gen = torch.Generator(device="cpu").manual_seed(seed)
     layers = [torch.randn(B, T, H, generator=gen).to(device=device, dtype=dtype).requires_grad_() for _ in range(L)]
     grad_out = torch.randn(B, T, H, generator=gen).to(device=device, dtype=dtype)
-    return layers, grad_out
+    lengths = torch.randint(T // 2, T + 1, (B,), generator=gen)  # padded batches, as a tokenizer makes them
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).to(device)
+    return layers, grad_out, mask
 
 
-def reference(layers, module, grad_out, with_backward):
+def reference(layers, module, grad_out, with_backward, mask=None):
     """Float64 results and, for each, the scale its error is measured against: max |result| for the output
     and the layer gradients; for the scalar and gamma gradients, which cancel through the softmax, the
     magnitude of the terms they are computed from (gamma * w_k * sum |g| |t_k|)."""
     xs = [t.detach().double().requires_grad_() for t in layers]
     s = [p.detach().double().requires_grad_() for p in module.scalar_parameters]
     g = module.gamma.detach().double().requires_grad_()
-    out = allennlp_mix(xs, s, g)
+    tiny = 1e-13 if layers[0].dtype in (torch.float32, torch.float64) else 1e-4
+    out = allennlp_mix(xs, s, g) if mask is None else _ln_reference(xs, s, g, mask, tiny)
     results, scales = [out.detach()], [out.abs().max().item()]
     if with_backward:
         grads = torch.autograd.grad(out, xs + s + [g], grad_out.double())
         g64 = grad_out.double().abs()
         w = torch.softmax(torch.cat(s).detach(), 0)
-        terms = torch.stack([(g64 * x.detach().abs()).sum() for x in xs]) * w
+        one = [torch.ones(1, dtype=torch.float64)]
+        normed = [x.detach() if mask is None else allennlp_mix([x.detach()], one, 1.0, mask) for x in xs]
+        terms = torch.stack([(g64 * x.abs()).sum() for x in normed]) * w
         results += list(grads)
         scales += [t.abs().max().item() for t in grads[:len(xs)]]
         scales += [g.item() * terms.max().item()] * len(s) + [terms.sum().item()]
     return results, scales
+
+
+def _ln_reference(xs, s, g, mask, tiny):
+    """AllenNLP's layer-normed mix in float64, with the eps of the inputs' own dtype."""
+    m = mask.unsqueeze(-1).double()
+    n = mask.sum() * xs[0].shape[-1]
+    w = torch.softmax(torch.cat(s), 0)
+    out = 0
+    for k, x in enumerate(xs):
+        mean = (x * m).sum() / n
+        var = (((x * m) - mean) * m).pow(2).sum() / n
+        out = out + w[k] * (x - mean) / torch.sqrt(var + tiny)
+    return g * out
 
 
 def max_rel_error(got, ref):
@@ -106,14 +139,15 @@ def _peak_mib(run, setup, device):
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def bench_case(shape, dtype, device, modes, reps, copy_bw):
+def bench_case(shape, dtype, device, modes, reps, copy_bw, layer_norm=False):
     B, T, H, L = shape
     N = B * T * H
     esize = torch.empty((), dtype=dtype).element_size()
     bytes_by_mode = {"forward": (L + 1) * N * esize, "backward": (2 * L + 1) * N * esize,
                      "full": (3 * L + 2) * N * esize}
-    layers, grad_out = case_inputs(B, T, H, L, dtype, device)
-    module, providers = make_providers(L)
+    layers, grad_out, mask = case_inputs(B, T, H, L, dtype, device)
+    mask = mask if layer_norm else None
+    module, providers = make_providers(L, layer_norm)
     module.to(device)
     with torch.no_grad():  # non-trivial weights, so a wrong weight shows in the error column
         for k, p in enumerate(module.scalar_parameters):
@@ -121,12 +155,12 @@ def bench_case(shape, dtype, device, modes, reps, copy_bw):
         module.gamma.fill_(1.25)
     params = list(module.scalar_parameters) + [module.gamma]
     inputs = layers + params
-    ref_fwd = reference(layers, module, grad_out, with_backward=False)
-    ref_all = reference(layers, module, grad_out, with_backward=True) if modes != ["forward"] else None
+    ref_fwd = reference(layers, module, grad_out, with_backward=False, mask=mask)
+    ref_all = reference(layers, module, grad_out, with_backward=True, mask=mask) if modes != ["forward"] else None
     errors, cases = {}, {mode: {} for mode in modes}
     for name, fn in providers.items():
         def forward(fn=fn):
-            return fn(layers, module.scalar_parameters, module.gamma)
+            return fn(layers, module.scalar_parameters, module.gamma, mask)
 
         out = forward()
         # AllenNLP promotes 16-bit inputs to float32: its gradient arrives in the output's dtype.
@@ -158,7 +192,8 @@ def bench_case(shape, dtype, device, modes, reps, copy_bw):
         timings = time_interleaved(cases[mode], device, reps=reps, desc=f"{mode} B={B} L={L} {dtype}")
         for name, t in timings.items():
             gbs = bytes_by_mode[mode] / (t["median_ms"] * 1e-3) / 1e9
-            rows.append({"shape": f"B={B} T={T} H={H} L={L}", "dtype": str(dtype).replace("torch.", ""),
+            rows.append({"shape": f"B={B} T={T} H={H} L={L}" + (" layer-norm" if layer_norm else ""),
+                         "dtype": str(dtype).replace("torch.", ""),
                          "mode": mode, "provider": name, **t, "gbs": gbs, "pct_copy": 100 * gbs / copy_bw,
                          "peak_mb": peaks[name], "max_rel_err": errors[name][mode]})
     for mode in modes:  # speedups, from rows measured side by side in this run
@@ -185,6 +220,8 @@ def main(argv=None) -> int:
                         choices=["forward", "backward", "full"])
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--layer-norm", action="store_true",
+                        help="benchmark the layer-normed mix (AllenNLP's do_layer_norm=True) instead")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc defaults (CPU runs then include random page-fault noise)")
     args = parser.parse_args(argv)
@@ -206,7 +243,7 @@ def main(argv=None) -> int:
     for shape in shapes:
         for dtype in dtypes:
             print(f"... B={shape[0]} T={shape[1]} H={shape[2]} L={shape[3]} {dtype}", flush=True)
-            rows += bench_case(shape, dtype, device, args.modes, reps, copy_bw)
+            rows += bench_case(shape, dtype, device, args.modes, reps, copy_bw, args.layer_norm)
     for r in rows:
         r["copy_bw_gbs"] = copy_bw
     table = markdown_table(rows, COLUMNS)
@@ -215,8 +252,8 @@ def main(argv=None) -> int:
         notes = (f"Measured copy bandwidth: {copy_bw:.1f} GB/s. Bytes counted: forward (L+1)N, backward (2L+1)N, "
                  "full (3L+2)N elements. Errors against float64 (see the script's docstring). "
                  + ("glibc malloc in steady state (no trimming/mmap) for every provider." if steady else ""))
-        for path in write_results("scalar_mix" + ("_quick" if args.quick else ""), env, rows, table, args.out,
-                                  notes):
+        name = "scalar_mix" + ("_layer_norm" if args.layer_norm else "") + ("_quick" if args.quick else "")
+        for path in write_results(name, env, rows, table, args.out, notes):
             print(f"wrote {path}")
     # Three-way parity: bermo's error against float64 must stay within the dtype's tolerance, or within 4x the
     # error of AllenNLP's eager loop in the same dtype.

@@ -10,18 +10,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
-def test_scalar_mix_benchmark_quick(tmp_path):
+@pytest.mark.parametrize("layer_norm", [False, True], ids=["mix", "layernorm"])
+def test_scalar_mix_benchmark_quick(tmp_path, layer_norm):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "scalar_mix.py"), "--quick", "--device",
-                           "cpu", "--out", str(tmp_path)], capture_output=True, text=True, timeout=900, env=env)
+                           "cpu", "--out", str(tmp_path)] + (["--layer-norm"] if layer_norm else []),
+                          capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "| bermo |" in proc.stdout
     (result,) = [f for f in os.listdir(tmp_path) if f.endswith(".json")]
     data = json.loads((tmp_path / result).read_text())
     assert {"device_name", "torch", "triton", "date"} <= set(data["environment"])
     rows = data["rows"]
+    providers = ("allennlp", "compile", "bermo") if layer_norm else ("allennlp", "stack", "compile", "bermo")
     assert {(r["provider"], r["mode"]) for r in rows} == {
-        (p, m) for p in ("allennlp", "stack", "compile", "bermo") for m in ("forward", "backward", "full")}
+        (p, m) for p in providers for m in ("forward", "backward", "full")}
     for r in rows:
         assert r["median_ms"] > 0 and r["gbs"] > 0 and r["max_rel_err"] < 1e-4
 
