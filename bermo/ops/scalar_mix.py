@@ -81,9 +81,13 @@ def row_mask_of(mask: Optional[torch.Tensor], x0: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"{OP_NAME}: mask must be bool or integer (1 = keep, 0 = padding); got {mask.dtype}")
     if mask.device != x0.device:
         raise ValueError(f"{OP_NAME}: mask is on {mask.device} but the tensors are on {x0.device}")
-    if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
+    # Both value checks in one host round trip (on a GPU each read of a device value is a sync).
+    bad = torch.zeros((), dtype=torch.bool, device=mask.device) if mask.dtype == torch.bool else (
+        (mask != 0) & (mask != 1)).any()
+    not_zero_one, any_kept = torch.stack([bad, mask.any()]).tolist()
+    if not_zero_one:
         raise ValueError(f"{OP_NAME}: an integer mask must hold only 0 and 1")
-    if not bool(mask.any()):
+    if not any_kept:
         raise ValueError(f"{OP_NAME}: the mask masks every position: layer norm needs at least one unmasked "
                          "position (its mean and variance would be 0/0)")
     return (mask != 0).reshape(-1).to(acc_dtype(x0.dtype))
