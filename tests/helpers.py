@@ -4,12 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import HAS_TRITON, TRITON_DEVICE
+from conftest import HAS_NINJA, HAS_TRITON, TRITON_DEVICE
+
+needs_cpu_kernels = pytest.mark.skipif(not HAS_NINJA, reason="ninja is not installed: the C++ kernels cannot build")
 
 # (backend, device) pairs under test: each backend on the tensors it runs on here.
 BACKENDS = [
     pytest.param("reference", "cpu", id="reference"),
-    pytest.param("cpu", "cpu", id="cpu"),
+    pytest.param("cpu", "cpu", id="cpu", marks=needs_cpu_kernels),
     pytest.param("triton", TRITON_DEVICE, id=f"triton-{TRITON_DEVICE}",
                  marks=pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")),
 ]

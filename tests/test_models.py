@@ -151,7 +151,8 @@ def test_config_errors():
 
 @pytest.mark.slow
 def test_hf_trainer_loss_falls(tmp_path):
-    from datasets import Dataset
+    pytest.importorskip("accelerate", reason="the HF Trainer needs accelerate (a project dependency)")
+    Dataset = pytest.importorskip("datasets", reason="a project dependency").Dataset
     from transformers import Trainer, TrainingArguments
 
     torch.manual_seed(5)
@@ -178,7 +179,7 @@ def _minilm_path():
 @pytest.mark.slow
 def test_pretrained_minilm_loads_offline_and_fine_tunes(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from datasets import load_dataset
+    load_dataset = pytest.importorskip("datasets", reason="a project dependency").load_dataset
     from transformers import AutoTokenizer
 
     path = _minilm_path()

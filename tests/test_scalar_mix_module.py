@@ -7,7 +7,7 @@ import torch
 import bermo
 from bermo import BackendUnavailableError, ConfigurationError, ScalarMix
 from bermo import backends
-from helpers import BACKENDS
+from helpers import BACKENDS, needs_cpu_kernels
 
 
 def test_parameters_match_allennlp():
@@ -145,11 +145,13 @@ def test_unknown_backend_names_are_rejected(monkeypatch):
         ScalarMix(2)([torch.randn(2, 3)] * 2)
 
 
+@needs_cpu_kernels
 def test_auto_picks_cpu_on_cpu_tensors():
     assert backends.resolve(None, torch.device("cpu"), "ScalarMix") == "cpu"
     assert backends.resolve("auto", torch.device("meta"), "ScalarMix") == "reference"
 
 
+@needs_cpu_kernels
 def test_env_var_overrides_auto(monkeypatch):
     monkeypatch.setenv("BERMO_BACKEND", "reference")
     assert backends.resolve(None, torch.device("cpu"), "ScalarMix") == "reference"

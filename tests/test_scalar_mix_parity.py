@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bermo import ScalarMix
-from helpers import BACKENDS, RTOL, allennlp_mix, assert_close, eps_of, reference_grads
+from helpers import BACKENDS, RTOL, allennlp_mix, assert_close, eps_of, needs_cpu_kernels, reference_grads
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 # Gradients that pass through sums over many elements (scalar parameters, gamma, layer-norm inputs) carry
@@ -213,6 +213,7 @@ def test_zero_dim_tensors(backend, device):
 
 
 @pytest.mark.slow
+@needs_cpu_kernels
 def test_cpu_kernel_past_two_to_the_31_elements():
     """int64 addressing: a (2**16 + 1, 2**15) float16 layer holds 2**31 + 2**15 elements."""
     rows, cols = 2**16 + 1, 2**15
