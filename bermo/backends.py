@@ -61,7 +61,8 @@ def _cpu_build_error() -> Optional[str]:
 
         scalar_mix_cpu.extension()
     except Exception as exc:
-        return f"the C++ extension could not be built ({type(exc).__name__}: {str(exc).strip()[:500]})"
+        lines = [line for line in str(exc).strip().splitlines() if "error" in line.lower()] or [str(exc).strip()]
+        return f"the C++ extension could not be built ({type(exc).__name__}: {' | '.join(lines)[-600:]})"
     return None
 
 

@@ -227,3 +227,16 @@ def test_cpu_kernel_past_two_to_the_31_elements():
     assert out.dtype == torch.float16 and out.shape == (rows, cols)
     assert out[-1, -4:].tolist() == [2.0, 4.0, 6.0, 8.0] and out[0, :3].tolist() == [10.0, 12.0, 0.0]
     assert out[rows // 2].abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_nan_and_inf_propagate_like_the_formula(backend, device, dtype):
+    xs = [torch.ones(3, 40, dtype=dtype, device=device) for _ in range(3)]
+    xs[1][0, 5] = float("nan")
+    xs[2][1, 17] = float("inf")
+    out = ScalarMix(3, backend=backend).to(device)(xs)
+    assert torch.isnan(out[0, 5]) and torch.isinf(out[1, 17]) and out[1, 17] > 0
+    finite = torch.ones_like(out, dtype=torch.bool)
+    finite[0, 5] = finite[1, 17] = False
+    assert torch.all(out[finite] == 1)

@@ -11,6 +11,10 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -59,50 +63,116 @@ std::vector<scalar_t*> out_bases(const std::vector<at::Tensor>& gs) {
 }
 
 // Eight floats in a GCC/Clang vector: one AVX register where the build targets AVX, two SSE ones otherwise.
+// float, bfloat16 and float16 rows take the vector paths below (16-bit values widened to float on load and
+// rounded to nearest even on store); float64 goes through the scalar loops.
 typedef float f32x8 __attribute__((vector_size(32)));
+template <typename T>
+inline constexpr bool kVec8 =
+    std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
+
 inline f32x8 load8(const float* p) {
   f32x8 v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
+inline f32x8 load8(const c10::BFloat16* p) {  // bfloat16 is the top half of a float
+#if defined(__AVX2__)
+  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return reinterpret_cast<f32x8>(_mm256_castsi256_ps(_mm256_slli_epi32(wide, 16)));
+#else
+  uint16_t u[8];
+  uint32_t w[8];
+  std::memcpy(u, p, sizeof(u));
+  for (int j = 0; j < 8; ++j) w[j] = static_cast<uint32_t>(u[j]) << 16;
+  f32x8 v;
+  std::memcpy(&v, w, sizeof(v));
+  return v;
+#endif
+}
+inline f32x8 load8(const c10::Half* p) {
+#if defined(__F16C__) && defined(__AVX__)
+  return reinterpret_cast<f32x8>(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#else
+  float f[8];
+  for (int j = 0; j < 8; ++j) f[j] = static_cast<float>(p[j]);
+  f32x8 v;
+  std::memcpy(&v, f, sizeof(v));
+  return v;
+#endif
+}
 inline void store8(float* p, f32x8 v) { std::memcpy(p, &v, sizeof(v)); }
-
-// One row's outputs [c0, c1) of the forward mix: out[c] = b + sum_k a[k] * x[k][in + c].
-template <typename scalar_t, typename acc_t>
-inline int64_t mix_row_vec(const scalar_t* const*, int64_t, const acc_t*, acc_t, int64_t, scalar_t*, int64_t c0,
-                           int64_t) {
-  return c0;  // no vector path: the scalar loop below does the whole row
+inline void store8(c10::BFloat16* p, f32x8 v) {  // round to nearest even, NaN stays NaN (as c10::BFloat16)
+#if defined(__AVX2__)
+  const __m256 f = reinterpret_cast<__m256>(v);
+  const __m256i u = _mm256_castps_si256(f);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q)));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                   _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+#else
+  uint32_t w[8];
+  uint16_t out[8];
+  std::memcpy(w, &v, sizeof(w));
+  for (int j = 0; j < 8; ++j) {
+    const uint32_t u = w[j];
+    const uint16_t rounded = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+    out[j] = (u & 0x7FFFFFFFu) > 0x7F800000u ? uint16_t{0x7FC0} : rounded;
+  }
+  std::memcpy(p, out, sizeof(out));
+#endif
+}
+inline void store8(c10::Half* p, f32x8 v) {
+#if defined(__F16C__) && defined(__AVX__)
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                   _mm256_cvtps_ph(reinterpret_cast<__m256>(v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#else
+  for (int j = 0; j < 8; ++j) p[j] = static_cast<c10::Half>(v[j]);
+#endif
 }
 
-// float: blocks of 16 outputs accumulated in registers across a group of at most kGroup layers; with more
-// layers, the row is cut into kBlock-wide pieces whose partial sums wait in the (L1-resident) output while
-// the next group streams through. Every layer is still read once; only kGroup streams run at a time, since
-// dozens of same-offset streams (layers of 2^k bytes sit at equal low address bits) defeat the caches'
-// associativity and the prefetchers.
-inline int64_t mix_row_vec(const float* const* x, int64_t L, const float* a, float b, int64_t in, float* o,
+// One row's outputs [c0, c1) of the forward mix, out[c] = b + sum_k a[k] * x[k][in + c], as far as the
+// vector path goes; returns where the scalar tail starts. Blocks of 16 outputs are accumulated in registers
+// across a group of at most kGroup layers; with more layers the row is cut into kBlock-wide pieces whose
+// float partial sums wait in an L1-resident buffer while the next group streams through. Every layer is
+// still read once; only kGroup streams run at a time, since dozens of same-offset streams (layers of 2^k
+// bytes sit at equal low address bits) defeat the caches' associativity and the prefetchers.
+template <typename scalar_t, typename acc_t>
+inline int64_t mix_row_vec(const scalar_t* const* x, int64_t L, const acc_t* a, acc_t b, int64_t in, scalar_t* o,
                            int64_t c0, int64_t c1) {
-  const int64_t end = c0 + (c1 - c0) / 16 * 16;
-  for (int64_t s = c0; s < end; s += kBlock) {
-    const int64_t e = std::min(end, s + kBlock);
-    for (int64_t k0 = 0; k0 < L; k0 += kGroup) {
-      const int64_t k1 = std::min(L, k0 + kGroup);
-      for (int64_t c = s; c < e; c += 16) {
-        f32x8 v0 = f32x8{} + b, v1 = v0;
-        if (k0 > 0) {
-          v0 = load8(o + c);
-          v1 = load8(o + c + 8);
+  if constexpr (!kVec8<scalar_t>) {
+    return c0;
+  } else {
+    alignas(32) float part[kBlock];
+    const int64_t end = c0 + (c1 - c0) / 16 * 16;
+    for (int64_t s = c0; s < end; s += kBlock) {
+      const int64_t e = std::min(end, s + kBlock);
+      for (int64_t k0 = 0; k0 < L; k0 += kGroup) {
+        const int64_t k1 = std::min(L, k0 + kGroup);
+        for (int64_t c = s; c < e; c += 16) {
+          float* pc = part + (c - s);
+          f32x8 v0 = f32x8{} + b, v1 = v0;
+          if (k0 > 0) {
+            v0 = load8(pc);
+            v1 = load8(pc + 8);
+          }
+          for (int64_t k = k0; k < k1; ++k) {
+            const scalar_t* xr = x[k] + in + c;
+            v0 += a[k] * load8(xr);
+            v1 += a[k] * load8(xr + 8);
+          }
+          if (k1 == L) {
+            store8(o + c, v0);
+            store8(o + c + 8, v1);
+          } else {
+            store8(pc, v0);
+            store8(pc + 8, v1);
+          }
         }
-        for (int64_t k = k0; k < k1; ++k) {
-          const float* xr = x[k] + in + c;
-          v0 += a[k] * load8(xr);
-          v1 += a[k] * load8(xr + 8);
-        }
-        store8(o + c, v0);
-        store8(o + c + 8, v1);
       }
     }
+    return end;
   }
-  return end;
 }
 
 template <typename scalar_t, typename acc_t>
@@ -115,53 +185,49 @@ inline void mix_row(const scalar_t* const* x, int64_t L, const acc_t* a, acc_t b
   }
 }
 
-// Backward rows: the vector part of one row, accumulating lane-wise partial sums. Generic types have none
-// (their rows go through the scalar loop); float takes blocks of 16 with the output gradient in registers
-// and every layer read (and its gradient written) once per block.
+// Backward rows: the vector part of one row (blocks of 16 with the output gradient in registers, layer
+// groups and blocks as in mix_row_vec), accumulating lane-wise partial sums; returns where the scalar tail
+// starts. float64 rows go through the scalar loop entirely.
 template <typename scalar_t, typename acc_t>
 struct BwdVec {
-  explicit BwdVec(int64_t) {}
-  int64_t row(const scalar_t*, const scalar_t* const*, scalar_t* const*, int64_t, const acc_t*, const acc_t*,
-              int64_t, int64_t, int64_t c0, int64_t, bool, bool) {
-    return c0;
-  }
-  void reduce(acc_t*, acc_t&, int64_t) {}
-};
-
-template <>
-struct BwdVec<float, float> {
   std::vector<f32x8> d;
   f32x8 gs{};
-  explicit BwdVec(int64_t L) : d(static_cast<size_t>(L), f32x8{}) {}
-  int64_t row(const float* g, const float* const* x, float* const* gx, int64_t L, const float* a, const float* mu,
-              int64_t in, int64_t on, int64_t c0, int64_t c1, bool dots, bool write) {
-    const int64_t end = c0 + (c1 - c0) / 16 * 16;
-    for (int64_t s = c0; s < end; s += kBlock) {  // layer groups and blocks as in mix_row_vec
-      const int64_t e = std::min(end, s + kBlock);
-      for (int64_t k0 = 0; k0 < L; k0 += kGroup) {
-        const int64_t k1 = std::min(L, k0 + kGroup);
-        for (int64_t c = s; c < e; c += 16) {
-          const f32x8 g0 = load8(g + c), g1 = load8(g + c + 8);
-          if (dots && k0 == 0) gs += g0 + g1;
-          for (int64_t k = k0; k < k1; ++k) {
-            if (dots) {
-              const float* xr = x[k] + in + c;
-              d[k] += g0 * (load8(xr) - mu[k]) + g1 * (load8(xr + 8) - mu[k]);
-            }
-            if (write && gx[k]) {
-              store8(gx[k] + on + c, a[k] * g0);
-              store8(gx[k] + on + c + 8, a[k] * g1);
+  explicit BwdVec(int64_t L) : d(kVec8<scalar_t> ? static_cast<size_t>(L) : 0, f32x8{}) {}
+  int64_t row(const scalar_t* g, const scalar_t* const* x, scalar_t* const* gx, int64_t L, const acc_t* a,
+              const acc_t* mu, int64_t in, int64_t on, int64_t c0, int64_t c1, bool dots, bool write) {
+    if constexpr (!kVec8<scalar_t>) {
+      return c0;
+    } else {
+      const int64_t end = c0 + (c1 - c0) / 16 * 16;
+      for (int64_t s = c0; s < end; s += kBlock) {
+        const int64_t e = std::min(end, s + kBlock);
+        for (int64_t k0 = 0; k0 < L; k0 += kGroup) {
+          const int64_t k1 = std::min(L, k0 + kGroup);
+          for (int64_t c = s; c < e; c += 16) {
+            const f32x8 g0 = load8(g + c), g1 = load8(g + c + 8);
+            if (dots && k0 == 0) gs += g0 + g1;
+            for (int64_t k = k0; k < k1; ++k) {
+              if (dots) {
+                const scalar_t* xr = x[k] + in + c;
+                d[k] += g0 * (load8(xr) - mu[k]) + g1 * (load8(xr + 8) - mu[k]);
+              }
+              if (write && gx[k]) {
+                store8(gx[k] + on + c, a[k] * g0);
+                store8(gx[k] + on + c + 8, a[k] * g1);
+              }
             }
           }
         }
       }
+      return end;
     }
-    return end;
   }
-  void reduce(float* dot, float& gsum, int64_t L) {
-    for (int64_t k = 0; k < L; ++k)
-      for (int j = 0; j < 8; ++j) dot[k] += d[k][j];
-    for (int j = 0; j < 8; ++j) gsum += gs[j];
+  void reduce(acc_t* dot, acc_t& gsum, int64_t L) {
+    if constexpr (kVec8<scalar_t>) {
+      for (int64_t k = 0; k < L; ++k)
+        for (int j = 0; j < 8; ++j) dot[k] += d[k][j];
+      for (int j = 0; j < 8; ++j) gsum += gs[j];
+    }
   }
 };
 
