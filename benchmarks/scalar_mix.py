@@ -220,6 +220,8 @@ def main(argv=None) -> int:
                         choices=["forward", "backward", "full"])
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16", "float16", "float64"],
+                        help="dtypes to run (default: float32 on CPU, bfloat16 and float32 on GPU)")
     parser.add_argument("--layer-norm", action="store_true",
                         help="benchmark the layer-normed mix (AllenNLP's do_layer_norm=True) instead")
     parser.add_argument("--default-malloc", action="store_true",
@@ -235,6 +237,8 @@ def main(argv=None) -> int:
     else:
         shapes = [(8, 128, 768, 13), (4, 128, 1024, 25)]
         dtypes, reps = [torch.float32], args.reps or 20
+    if args.dtypes:
+        dtypes = [getattr(torch, d) for d in args.dtypes]
     env = environment(device)
     copy_bw = copy_bandwidth_gbs(device)
     print(f"# ScalarMix benchmark on {env['device_name']} (torch {env['torch']}, triton {env['triton']}); "
