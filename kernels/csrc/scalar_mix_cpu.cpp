@@ -131,6 +131,22 @@ inline void store8(c10::Half* p, f32x8 v) {
 #endif
 }
 
+// The vector paths' walk over one row: [c0, end) in 16-wide blocks, cut into kBlock-wide pieces, and within
+// each piece the layers in groups of at most kGroup; f(piece_start, c, k0, k1) handles block c for layers
+// [k0, k1). Returns end, where the scalar tail starts.
+template <typename F>
+inline int64_t for_vector_blocks(int64_t c0, int64_t c1, int64_t L, F&& f) {
+  const int64_t end = c0 + (c1 - c0) / 16 * 16;
+  for (int64_t s = c0; s < end; s += kBlock) {
+    const int64_t e = std::min(end, s + kBlock);
+    for (int64_t k0 = 0; k0 < L; k0 += kGroup) {
+      const int64_t k1 = std::min(L, k0 + kGroup);
+      for (int64_t c = s; c < e; c += 16) f(s, c, k0, k1);
+    }
+  }
+  return end;
+}
+
 // One row's outputs [c0, c1) of the forward mix, out[c] = b + sum_k a[k] * x[k][in + c], as far as the
 // vector path goes; returns where the scalar tail starts. Blocks of 16 outputs are accumulated in registers
 // across a group of at most kGroup layers; with more layers the row is cut into kBlock-wide pieces whose
@@ -144,34 +160,26 @@ inline int64_t mix_row_vec(const scalar_t* const* x, int64_t L, const acc_t* a, 
     return c0;
   } else {
     alignas(32) float part[kBlock];
-    const int64_t end = c0 + (c1 - c0) / 16 * 16;
-    for (int64_t s = c0; s < end; s += kBlock) {
-      const int64_t e = std::min(end, s + kBlock);
-      for (int64_t k0 = 0; k0 < L; k0 += kGroup) {
-        const int64_t k1 = std::min(L, k0 + kGroup);
-        for (int64_t c = s; c < e; c += 16) {
-          float* pc = part + (c - s);
-          f32x8 v0 = f32x8{} + b, v1 = v0;
-          if (k0 > 0) {
-            v0 = load8(pc);
-            v1 = load8(pc + 8);
-          }
-          for (int64_t k = k0; k < k1; ++k) {
-            const scalar_t* xr = x[k] + in + c;
-            v0 += a[k] * load8(xr);
-            v1 += a[k] * load8(xr + 8);
-          }
-          if (k1 == L) {
-            store8(o + c, v0);
-            store8(o + c + 8, v1);
-          } else {
-            store8(pc, v0);
-            store8(pc + 8, v1);
-          }
-        }
+    return for_vector_blocks(c0, c1, L, [&](int64_t s, int64_t c, int64_t k0, int64_t k1) {
+      float* pc = part + (c - s);
+      f32x8 v0 = f32x8{} + b, v1 = v0;
+      if (k0 > 0) {
+        v0 = load8(pc);
+        v1 = load8(pc + 8);
       }
-    }
-    return end;
+      for (int64_t k = k0; k < k1; ++k) {
+        const scalar_t* xr = x[k] + in + c;
+        v0 += a[k] * load8(xr);
+        v1 += a[k] * load8(xr + 8);
+      }
+      if (k1 == L) {
+        store8(o + c, v0);
+        store8(o + c + 8, v1);
+      } else {
+        store8(pc, v0);
+        store8(pc + 8, v1);
+      }
+    });
   }
 }
 
@@ -185,8 +193,8 @@ inline void mix_row(const scalar_t* const* x, int64_t L, const acc_t* a, acc_t b
   }
 }
 
-// Backward rows: the vector part of one row (blocks of 16 with the output gradient in registers, layer
-// groups and blocks as in mix_row_vec), accumulating lane-wise partial sums; returns where the scalar tail
+// Backward rows: the vector part of one row (blocks of 16 with the output gradient in registers, walked by
+// for_vector_blocks), accumulating lane-wise partial sums; returns where the scalar tail
 // starts. float64 rows go through the scalar loop entirely.
 template <typename scalar_t, typename acc_t>
 struct BwdVec {
@@ -198,28 +206,20 @@ struct BwdVec {
     if constexpr (!kVec8<scalar_t>) {
       return c0;
     } else {
-      const int64_t end = c0 + (c1 - c0) / 16 * 16;
-      for (int64_t s = c0; s < end; s += kBlock) {
-        const int64_t e = std::min(end, s + kBlock);
-        for (int64_t k0 = 0; k0 < L; k0 += kGroup) {
-          const int64_t k1 = std::min(L, k0 + kGroup);
-          for (int64_t c = s; c < e; c += 16) {
-            const f32x8 g0 = load8(g + c), g1 = load8(g + c + 8);
-            if (dots && k0 == 0) gs += g0 + g1;
-            for (int64_t k = k0; k < k1; ++k) {
-              if (dots) {
-                const scalar_t* xr = x[k] + in + c;
-                d[k] += g0 * (load8(xr) - mu[k]) + g1 * (load8(xr + 8) - mu[k]);
-              }
-              if (write && gx[k]) {
-                store8(gx[k] + on + c, a[k] * g0);
-                store8(gx[k] + on + c + 8, a[k] * g1);
-              }
-            }
+      return for_vector_blocks(c0, c1, L, [&](int64_t, int64_t c, int64_t k0, int64_t k1) {
+        const f32x8 g0 = load8(g + c), g1 = load8(g + c + 8);
+        if (dots && k0 == 0) gs += g0 + g1;
+        for (int64_t k = k0; k < k1; ++k) {
+          if (dots) {
+            const scalar_t* xr = x[k] + in + c;
+            d[k] += g0 * (load8(xr) - mu[k]) + g1 * (load8(xr + 8) - mu[k]);
+          }
+          if (write && gx[k]) {
+            store8(gx[k] + on + c, a[k] * g0);
+            store8(gx[k] + on + c + 8, a[k] * g1);
           }
         }
-      }
-      return end;
+      });
     }
   }
   void reduce(acc_t* dot, acc_t& gsum, int64_t L) {
