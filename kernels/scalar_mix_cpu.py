@@ -45,8 +45,9 @@ def extension():
                 verbose=os.environ.get("BERMO_VERBOSE_BUILD") == "1")
 
 
-def _empty(t: torch.Tensor) -> torch.Tensor:
-    return t.new_empty(0)
+def _grad_args(grads, like: torch.Tensor):
+    """The per-layer gradient outputs as the C++ side takes them: an empty tensor for a layer with none."""
+    return [like.new_empty(0) if g is None else g for g in grads]
 
 
 def mix_forward(tensors: Sequence[torch.Tensor], coef: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -68,7 +69,7 @@ def mix_backward(grad_out: torch.Tensor, tensors: Sequence[torch.Tensor], coef: 
     ext = extension()
     tiles = ext.num_tiles(layout.rows, layout.cols, layout.row_stride)
     partials = torch.empty((tiles, L + 1) if compute_dots else (0,), dtype=coef.dtype)
-    ext.mix_backward(grad_out.contiguous(), views, [_empty(coef) if g is None else g for g in grads], coef,
+    ext.mix_backward(grad_out.contiguous(), views, _grad_args(grads, coef), coef,
                      center, partials, layout.rows, layout.cols, layout.row_stride)
     if compute_dots:
         sums = partials.sum(0)
@@ -91,6 +92,6 @@ def ln_backward(grad_out: torch.Tensor, tensors: Sequence[torch.Tensor], row_mas
     layout, views = as_rows(tensors)
     outputs, grads = grad_buffers(tensors[0], need_grad, stacked)
     if layout.numel and any(need_grad):
-        extension().ln_backward(grad_out.contiguous(), views, [_empty(coef) if g is None else g for g in grads],
+        extension().ln_backward(grad_out.contiguous(), views, _grad_args(grads, coef),
                                 row_mask, coef, alpha, beta, center, layout.rows, layout.cols, layout.row_stride)
     return outputs
