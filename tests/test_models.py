@@ -223,3 +223,19 @@ def test_pretrained_minilm_loads_offline_and_fine_tunes(monkeypatch):
         after = model(**enc, labels=labels).loss.item()
     assert torch.isfinite(torch.tensor(after)) and after < before, (before, after)
     assert model.bert.scalar_mix.gamma.item() != 1.0  # the mix trained too
+
+
+def test_mix_from_a_bert_checkpoint_starts_at_its_configured_values(tmp_path):
+    """Loading a plain BERT checkpoint leaves the mix to transformers' weight init: it must hold the configured
+    start (mix_initial_scalars, gamma 1), not what _init_weights' BERT branch or fresh memory left there."""
+    from transformers import BertConfig
+
+    cfg = BertConfig(vocab_size=60, hidden_size=24, num_hidden_layers=3, num_attention_heads=2,
+                     intermediate_size=40, max_position_embeddings=32)
+    BertModel(cfg).save_pretrained(tmp_path)
+    initial = [0.7, -0.3, 0.0, 1.1]
+    model = BermoForSequenceClassification.from_pretrained(tmp_path, num_labels=2, mix_initial_scalars=initial)
+    assert [p.item() for p in model.bert.scalar_mix.scalar_parameters] == pytest.approx(initial)
+    assert model.bert.scalar_mix.gamma.item() == 1.0
+    default = BermoForSequenceClassification.from_pretrained(tmp_path, num_labels=2)
+    assert [p.item() for p in default.bert.scalar_mix.scalar_parameters] == [0.0] * 4

@@ -81,7 +81,7 @@ def test_bad_mixture_size(size):
 class TestErrors:
     def test_layer_norm_without_mask(self, backend, device):
         with pytest.raises(ValueError, match="do_layer_norm=True needs a mask"):
-            ScalarMix(2, do_layer_norm=True, backend=backend)([torch.randn(2, 3, 4, device=device)] * 2)
+            ScalarMix(2, do_layer_norm=True, backend=backend).to(device)([torch.randn(2, 3, 4, device=device)] * 2)
 
     def test_differing_shapes(self, backend, device):
         with pytest.raises(ValueError, match=r"same shape; tensors\[0\] has shape \(2, 3\) but tensors\[1\] has shape \(2, 4\)"):
@@ -114,22 +114,22 @@ class TestErrors:
     def test_mask_shape_mismatch(self, backend, device):
         xs = [torch.randn(2, 3, 4, device=device)] * 2
         with pytest.raises(ValueError, match=r"mask shape \(2, 4\) does not match the tensors' shape \(2, 3, 4\)"):
-            ScalarMix(2, do_layer_norm=True, backend=backend)(xs, torch.ones(2, 4, dtype=torch.bool, device=device))
+            ScalarMix(2, do_layer_norm=True, backend=backend).to(device)(xs, torch.ones(2, 4, dtype=torch.bool, device=device))
 
     def test_float_mask(self, backend, device):
         xs = [torch.randn(2, 3, 4, device=device)] * 2
         with pytest.raises(TypeError, match="mask must be bool or integer"):
-            ScalarMix(2, do_layer_norm=True, backend=backend)(xs, torch.ones(2, 3, device=device))
+            ScalarMix(2, do_layer_norm=True, backend=backend).to(device)(xs, torch.ones(2, 3, device=device))
 
     def test_integer_mask_not_zero_one(self, backend, device):
         xs = [torch.randn(2, 3, 4, device=device)] * 2
         with pytest.raises(ValueError, match="only 0 and 1"):
-            ScalarMix(2, do_layer_norm=True, backend=backend)(xs, torch.full((2, 3), 2, device=device))
+            ScalarMix(2, do_layer_norm=True, backend=backend).to(device)(xs, torch.full((2, 3), 2, device=device))
 
     def test_all_masked(self, backend, device):
         xs = [torch.randn(2, 3, 4, device=device)] * 2
         with pytest.raises(ValueError, match="masks every position"):
-            ScalarMix(2, do_layer_norm=True, backend=backend)(xs, torch.zeros(2, 3, dtype=torch.bool, device=device))
+            ScalarMix(2, do_layer_norm=True, backend=backend).to(device)(xs, torch.zeros(2, 3, dtype=torch.bool, device=device))
 
     def test_parameters_on_another_device(self, backend, device):
         with pytest.raises(ValueError, match=r"scalar parameters are on meta but the tensors are on"):
@@ -188,3 +188,41 @@ def test_float64_module_gets_float64_parameter_gradients(backend, device):
     xs = [torch.randn(2, 5, dtype=torch.float64, device=device) for _ in range(3)]
     m(xs).sum().backward()
     assert all(p.grad.dtype == torch.float64 for p in m.parameters())
+
+
+# ---------------------------------------------------------------------------------------------- CUDA choice
+# Backend resolution needs no GPU: these run everywhere, with CUDA's availability patched where it matters.
+def test_auto_picks_triton_for_cuda_tensors_without_the_interpreter(monkeypatch):
+    """On CUDA tensors auto is Triton whether or not TRITON_INTERPRET is set (a GPU user must never silently
+    get the slow reference), provided Triton imports."""
+    if backends._triton_import_error() is not None:
+        pytest.skip("Triton is not importable here")
+    for interpret in ("0", "1"):
+        monkeypatch.setenv("TRITON_INTERPRET", interpret)
+        assert backends.resolve(None, torch.device("cuda"), "ScalarMix") == "triton"
+        assert backends.resolve(None, torch.device("cuda", 0), "ScalarMix") == "triton"
+        assert backends.resolve("triton", torch.device("cuda"), "ScalarMix") == "triton"
+
+
+@needs_cpu_kernels
+def test_auto_follows_the_tensors_device_not_cuda_availability(monkeypatch):
+    """CPU tensors on a machine with a GPU still get the C++ kernel, and CUDA tensors get Triton, whatever
+    torch.cuda.is_available() says."""
+    for available in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+        assert backends.resolve(None, torch.device("cpu"), "ScalarMix") == "cpu"
+        if backends._triton_import_error() is None:
+            assert backends.resolve(None, torch.device("cuda"), "ScalarMix") == "triton"
+
+
+def test_cpu_backend_refuses_cuda_tensors():
+    with pytest.raises(BackendUnavailableError, match="'cpu' cannot run ScalarMix on cuda tensors"):
+        backends.resolve("cpu", torch.device("cuda"), "ScalarMix")
+
+
+def test_triton_missing_on_cuda_falls_back_with_a_warning(monkeypatch):
+    monkeypatch.setattr(backends, "_triton_import_error", lambda: "Triton is not installed")
+    backends._warn_fallback.cache_clear()
+    with pytest.warns(RuntimeWarning, match="falling back to the reference backend on cuda tensors"):
+        assert backends.resolve(None, torch.device("cuda"), "ScalarMix") == "reference"
+    backends._warn_fallback.cache_clear()
