@@ -1,18 +1,22 @@
-"""Compile every Triton kernel configuration for sm_80 and sm_90 without a GPU.
+"""Compile every Triton kernel configuration for sm_80 and sm_90 without a GPU, and check its memory access.
 
-    python -m bermo.kernels.compile [--arch 80 90] [--jobs N]
+    python -m bermo.kernels.compile [--arch 80 90] [--jobs N] [--filter TEXT]
 
-The Triton interpreter forgives things a real compile rejects; this runs the real pipeline (TTIR -> TTGIR ->
-LLVM -> PTX -> cubin with ptxas) for each configuration the launchers can pick, prints one line per
-kernel configuration and arch with registers, spill (local memory) and stack bytes as ``cuobjdump`` reports
-them, and exits non-zero on any failure. Kernel modules list their configurations in a
-``compile_configurations()`` generator; add new kernel modules to ``KERNEL_MODULES``.
+The Triton interpreter forgives things a real compile rejects and hides speed; this runs the real pipeline
+(TTIR -> TTGIR -> LLVM -> PTX -> cubin with ptxas) for each configuration the launchers can pick, and prints
+one line per configuration and arch: registers, stack and spill (local memory) bytes as ``cuobjdump`` reports
+them, and the widest global load and store in the PTX with the count of element-wide scalar ones. It exits
+non-zero when a configuration fails to compile, spills, or when an ``aligned=True`` configuration still
+reads or writes a layer element by element (it must have fewer element-wide accesses than its
+``aligned=False`` twin, and 16-byte vector loads). Every module of ``bermo.kernels`` that defines
+``compile_configurations()`` is found and compiled.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
+import pkgutil
 import re
 import subprocess
 import sys
@@ -20,17 +24,31 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-KERNEL_MODULES = ["bermo.kernels.scalar_mix"]
+ELEMENT_BITS = {"fp16": 16, "bf16": 16, "fp32": 32, "fp64": 64}
 
 
-def _configurations():
-    for module_name in KERNEL_MODULES:
+def kernel_modules():
+    """Names of the modules of this package that define ``compile_configurations()``."""
+    package = importlib.import_module(__package__ or "bermo.kernels")
+    names = []
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        name = f"{package.__name__}.{info.name}"
+        if info.name == "compile" or info.ispkg:
+            continue
+        if hasattr(importlib.import_module(name), "compile_configurations"):
+            names.append(name)
+    return names
+
+
+def configurations():
+    """``(module_name, index, label)`` of every configuration of every kernel module."""
+    for module_name in kernel_modules():
         module = importlib.import_module(module_name)
         for i, cfg in enumerate(module.compile_configurations()):
             yield module_name, i, cfg[0]
 
 
-def _resource_usage(cubin: bytes) -> str:
+def _resource_usage(cubin: bytes):
     from triton import knobs
 
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
@@ -39,14 +57,44 @@ def _resource_usage(cubin: bytes) -> str:
         out = subprocess.run([knobs.nvidia.cuobjdump.path, "--dump-resource-usage", f.name],
                              capture_output=True, text=True, timeout=60).stdout
     except Exception as exc:  # the usage report is informative only
-        return f"(no resource usage: {exc})"
+        return f"(no resource usage: {exc})", 0
     finally:
         os.unlink(f.name)
     m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", out)
-    return f"regs={m[1]} stack={m[2]}B shared={m[3]}B spill(local)={m[4]}B" if m else "(no resource usage)"
+    if not m:
+        return "(no resource usage)", 0
+    return f"regs={m[1]} stack={m[2]}B shared={m[3]}B spill(local)={m[4]}B", int(m[4])
+
+
+_ACCESS = re.compile(r"\b(ld|st)\.global((?:\.[\w:]+)*?)\.([bfsu])(\d+)\s")
+
+
+def global_accesses(ptx: str):
+    """``[(kind, vector_lanes, bits_per_lane), ...]`` for every ld.global / st.global in ``ptx``."""
+    out = []
+    for kind, quals, _, bits in _ACCESS.findall(ptx):
+        vec = re.search(r"\.v(\d)", quals)
+        out.append((kind, int(vec[1]) if vec else 1, int(bits)))
+    return out
+
+
+def access_summary(ptx: str, elem_bits: int):
+    """``{"ld": (widest bits, element-wide scalar count), "st": (...)}`` of the global accesses in ``ptx``.
+
+    Element-wide scalar accesses are those exactly one element wide: a layer read element by element shows
+    one per element a thread holds; scalar parameter reads (coefficients, means, the row mask, the address
+    table when elements are 64-bit) are a handful more."""
+    acc = global_accesses(ptx)
+    return {k: (max([v * b for kk, v, b in acc if kk == k] or [0]),
+                sum(1 for kk, v, b in acc if kk == k and v == 1 and b == elem_bits)) for k in ("ld", "st")}
+
+
+def _dtype_bits(label: str) -> int:
+    return next(ELEMENT_BITS[w] for w in label.split() if w in ELEMENT_BITS)
 
 
 def _compile_one(job):
+    """``(ok, line, access summary or None)`` for one configuration and arch."""
     module_name, index, arch = job
     import triton
     from triton.backends.compiler import GPUTarget
@@ -61,31 +109,70 @@ def _compile_one(job):
     try:
         src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
-        usage = _resource_usage(compiled.asm["cubin"])
-        return True, f"ok   sm_{arch}  {label}  {usage}  ({time.perf_counter() - start:.1f}s)"
     except Exception as exc:
         msg = str(exc).strip().splitlines()
-        return False, f"FAIL sm_{arch}  {label}: {type(exc).__name__}: {' | '.join(msg[-5:])}"
+        return False, f"FAIL sm_{arch}  {label}: {type(exc).__name__}: {' | '.join(msg[-5:])}", None
+    usage, spill = _resource_usage(compiled.asm["cubin"])
+    summary = access_summary(compiled.asm["ptx"], _dtype_bits(label))
+    (ld_bits, ld_narrow), (st_bits, st_narrow) = summary["ld"], summary["st"]
+    access = f"widest ld={ld_bits}b st={st_bits}b element-wide ld={ld_narrow} st={st_narrow}"
+    ok = spill == 0
+    line = (f"{'ok  ' if ok else 'FAIL'} sm_{arch}  {label}  {usage}  {access}  ({time.perf_counter() - start:.1f}s)"
+            + ("" if ok else "  <- spills to local memory"))
+    return ok, line, summary
+
+
+def _elements_per_thread(label: str) -> int:
+    v = dict(re.findall(r"(BLOCK_R|BLOCK_C|warps)=(\d+)", label))
+    return int(v["BLOCK_R"]) * int(v["BLOCK_C"]) // (32 * int(v["warps"]))
+
+
+def vector_failures(results) -> list:
+    """Lines for every aligned=True configuration that still touches a layer element by element: its widest
+    load must be a 16-byte vector, and where its aligned=False twin reads or writes element by element (at
+    least one element-wide access per element a thread holds), it must have fewer such accesses."""
+    bad = []
+    for (label, arch), summary in results.items():
+        if "aligned=True" not in label or summary is None:
+            continue
+        twin = results.get((label.replace("aligned=True", "aligned=False"), arch))
+        if twin is None:
+            continue
+        problems = []
+        if summary["ld"][0] < 128:
+            problems.append(f"widest load {summary['ld'][0]} bits")
+        per_thread = _elements_per_thread(label)
+        for kind in ("ld", "st"):
+            if twin[kind][1] >= per_thread and summary[kind][1] >= twin[kind][1]:
+                problems.append(f"{summary[kind][1]} element-wide {kind} (the unaligned twin has {twin[kind][1]})")
+        if problems:
+            bad.append(f"FAIL sm_{arch}  {label}: a layer accessed element by element: {'; '.join(problems)}")
+    return bad
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90], help="compute capabilities")
+    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90], help="compute capabilities to build for")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiles")
-    parser.add_argument("--filter", default="", help="only configurations whose label contains this")
+    parser.add_argument("--filter", default="", help="only configurations whose label contains this text")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("TRITON_INTERPRET is set: the kernels would be interpreted, not compiled; unset it", file=sys.stderr)
         return 2
-    jobs = [(m, i, arch) for m, i, label in _configurations() if args.filter in label for arch in args.arch]
+    jobs = [(m, i, arch) for m, i, label in configurations() if args.filter in label for arch in args.arch]
+    labels = {(m, i): label for m, i, label in configurations()}
     failures = 0
+    results = {}
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for ok, line in pool.map(_compile_one, jobs):
+        for job, (ok, line, summary) in zip(jobs, pool.map(_compile_one, jobs)):
             print(line, flush=True)
             failures += not ok
-    print(f"{len(jobs) - failures} compiled, {failures} failed ({len(jobs)} configurations x arch) "
-          f"in {time.perf_counter() - start:.0f}s")
+            results[(labels[job[:2]], job[2])] = summary
+    for line in vector_failures(results):
+        print(line, flush=True)
+        failures += 1
+    print(f"{len(jobs)} configurations x arch compiled in {time.perf_counter() - start:.0f}s, {failures} failed")
     return 1 if failures else 0
 
 

@@ -9,8 +9,9 @@ contiguous, one layer at a time.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -65,17 +66,60 @@ def as_rows(tensors: Sequence[torch.Tensor]):
     return RowLayout(rows, cols, strides.pop()), views
 
 
-def pointer_table(tensors: Sequence[torch.Tensor], device) -> torch.Tensor:
+VECTOR_BYTES = 16  # the widest global access of a GPU thread (ld.global.v4.b32)
+
+
+def vector_access_ok(layout: RowLayout, tensors: Sequence[Optional[torch.Tensor]]) -> bool:
+    """Whether the kernels may access ``tensors`` (the layers, or gradient buffers; None entries skipped) in
+    16-byte vectors: every base address, the inputs' row stride and the contiguous outputs' row length all
+    multiples of 16 bytes. This is the promise behind a kernel's ``ALIGNED=True``, checked on the host, where
+    the addresses are known; a false promise would read wrong bytes or fault on a GPU."""
+    present = [t for t in tensors if t is not None]
+    if not present:
+        return True
+    esize = present[0].element_size()
+    if (layout.row_stride * esize) % VECTOR_BYTES or (layout.cols * esize) % VECTOR_BYTES:
+        return False
+    return all(t.data_ptr() % VECTOR_BYTES == 0 for t in present)
+
+
+_TABLES: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+_TABLES_MAX = 256
+
+
+def pointer_table(tensors: Sequence[Optional[torch.Tensor]], device) -> torch.Tensor:
     """int64 tensor of the tensors' addresses (0 for a missing entry), on ``device``.
 
     On CUDA the table goes through pinned host memory (PyTorch's caching host allocator) with a non-blocking
     copy: a copy from pageable memory would make the host wait for the stream, a sync point on every call.
-    The addresses are read at call time, so a launch inside a captured CUDA graph would replay stale ones."""
-    table = torch.tensor([0 if t is None else t.data_ptr() for t in tensors], dtype=torch.int64)
+    Device tables are kept (a small LRU keyed by the addresses and the stream), since PyTorch's caching
+    allocator hands the same addresses back step after step: a repeated call then costs no copy at all. The
+    addresses are read at call time, so a launch inside a captured CUDA graph would replay stale ones."""
+    ptrs = tuple(0 if t is None else t.data_ptr() for t in tensors)
     device = torch.device(device)
     if device.type != "cuda":
+        return torch.tensor(ptrs, dtype=torch.int64)
+    key = (device, torch.cuda.current_stream(device).cuda_stream, ptrs)
+    table = _TABLES.get(key)
+    if table is not None:
+        _TABLES.move_to_end(key)
         return table
-    return table.pin_memory().to(device, non_blocking=True)
+    table = torch.tensor(ptrs, dtype=torch.int64).pin_memory().to(device, non_blocking=True)
+    _TABLES[key] = table
+    if len(_TABLES) > _TABLES_MAX:
+        _TABLES.popitem(last=False)
+    return table
+
+
+def output_like(x0: torch.Tensor, shape=None) -> torch.Tensor:
+    """A new contiguous output of ``shape`` (default ``x0``'s) in ``x0``'s dtype and device: every kernel
+    output is allocated here (tests put guard regions around them to catch out-of-bounds writes)."""
+    return torch.empty(x0.shape if shape is None else shape, dtype=x0.dtype, device=x0.device)
+
+
+def workspace(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """A new buffer for a kernel's partial results (per-program sums), allocated here like ``output_like``."""
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def grad_buffers(x0: torch.Tensor, need_grad: Sequence[bool], stacked: bool):
@@ -84,8 +128,8 @@ def grad_buffers(x0: torch.Tensor, need_grad: Sequence[bool], stacked: bool):
     gradient needs no copy; separate layers get separate tensors (one big buffer would be handed to mmap and
     page-faulted afresh on every call, where layer-sized blocks are recycled by the allocator)."""
     if stacked:
-        buf = torch.empty((sum(map(bool, need_grad)), *x0.shape), dtype=x0.dtype, device=x0.device)
+        buf = output_like(x0, (sum(map(bool, need_grad)), *x0.shape))
         it = iter(buf)
         return [buf], [next(it) if f else None for f in need_grad]
-    grads = [torch.empty(x0.shape, dtype=x0.dtype, device=x0.device) if f else None for f in need_grad]
+    grads = [output_like(x0) if f else None for f in need_grad]
     return [g for g in grads if g is not None], grads

@@ -63,3 +63,17 @@ def assert_close(actual, expected, rtol, scale=None, what=""):
     err = (actual - expected).abs().max().item() if expected.numel() else 0.0
     assert err <= rtol * max(scale, 1e-30), f"{what}: max abs error {err:.3e} > {rtol:.1e} * scale {scale:.3e}"
     return err
+
+
+def assert_rounds_to_nearest(actual, exact, slack=0.05):
+    """Every element of a 16-bit ``actual`` within (0.5 + slack) ulp of the float64 ``exact`` value: rounded to
+    nearest from a float32 computation; truncation errs by up to 1 ulp. Elements under 1% of the largest are
+    left out: there the float32 error of the terms' sum is no longer small against their own ulp."""
+    dtype = actual.dtype
+    exact = exact.double().cpu()
+    precision = {torch.bfloat16: 8, torch.float16: 11}[dtype]  # significand bits, the implicit one included
+    _, exponent = torch.frexp(exact)  # |exact| = m * 2**exponent, 0.5 <= m < 1
+    ulp = torch.ldexp(torch.ones_like(exact), exponent - precision)
+    big = exact.abs() >= 1e-2 * exact.abs().max()
+    ratio = ((actual.detach().double().cpu() - exact).abs() / ulp)[big].max().item()
+    assert ratio <= 0.5 + slack, f"an output is {ratio:.2f} ulp from the exact value: not rounded to nearest"

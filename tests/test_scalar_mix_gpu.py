@@ -46,3 +46,43 @@ def test_large_tensor_int64_offsets_on_gpu():
         module.gamma.fill_(2.0)
         out = module([x])
     assert out[-1, -4:].tolist() == [2.0, 4.0, 6.0, 8.0] and out[0].abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+def test_vector_and_elementwise_variants_agree_bitwise_on_gpu(dtype):
+    """The two variants differ only in how they move bytes: every kernel's results are bitwise equal."""
+    from bermo.kernels import scalar_mix as k
+
+    gen = torch.Generator().manual_seed(5)
+    L, shape = 13, (4, 128, 768)
+    layers = [torch.randn(shape, generator=gen).to(dtype).cuda() for _ in range(L)]
+    g = torch.randn(shape, generator=gen).to(dtype).cuda()
+    coef, center = torch.rand(L, generator=gen).cuda(), torch.randn(L, generator=gen).cuda()
+    row_mask = (torch.rand(shape[0] * shape[1], generator=gen) > 0.2).float().cuda()
+    need = [k_ % 3 != 1 for k_ in range(L)]
+    runs = {}
+    for aligned in (None, False):
+        runs[aligned] = [k.mix_forward(layers, coef, center, aligned=aligned),
+                         *k.mix_backward(g, layers, coef, center, need, True, aligned=aligned)[0],
+                         *k.ln_stats(layers, row_mask, aligned=aligned),
+                         *k.ln_backward(g, layers, row_mask, coef, coef, center, center, need, aligned=aligned)]
+    for a, b in zip(runs[None], runs[False]):
+        assert torch.equal(a, b)
+    want = sum(c * (t.double() - m) for c, m, t in zip(coef.double(), center.double(), layers))
+    torch.testing.assert_close(runs[None][0].double(), want, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("do_layer_norm", [False, True], ids=["mix", "layernorm"])
+def test_sixteen_bit_outputs_round_to_nearest_on_gpu(dtype, do_layer_norm):
+    """Compiled kernels round float32 to nearest (Triton's interpreter truncates, so only a GPU can check)."""
+    import bermo
+    from helpers import allennlp_mix, assert_rounds_to_nearest
+
+    gen = torch.Generator().manual_seed(6)
+    xs = [torch.randn(8, 64, 256, generator=gen).to(dtype) for _ in range(7)]
+    mask = torch.rand(8, 64, generator=gen) > 0.2 if do_layer_norm else None
+    s, gamma = torch.randn(7, generator=gen), torch.tensor([1.3])
+    out = bermo.scalar_mix([x.cuda() for x in xs], s.cuda(), gamma.cuda(),
+                           mask=None if mask is None else mask.cuda(), do_layer_norm=do_layer_norm, backend="triton")
+    assert_rounds_to_nearest(out, allennlp_mix(xs, s, gamma, mask, do_layer_norm, 1e-4))

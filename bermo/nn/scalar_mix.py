@@ -1,6 +1,7 @@
 """``bermo.nn.ScalarMix``: a drop-in replacement for AllenNLP's ``ScalarMix`` backed by fused kernels."""
 from __future__ import annotations
 
+import operator
 from typing import List, Optional
 
 import torch
@@ -29,8 +30,13 @@ class ScalarMix(torch.nn.Module):
                  initial_scalar_parameters: Optional[List[float]] = None, trainable: bool = True,
                  backend: Optional[str] = None) -> None:
         super().__init__()
-        if isinstance(mixture_size, bool) or not isinstance(mixture_size, int) or mixture_size < 1:
+        try:  # any integral value, as AllenNLP (numpy integers included); not bools, not floats
+            size = None if isinstance(mixture_size, bool) else operator.index(mixture_size)
+        except TypeError:
+            size = None
+        if size is None or size < 1:
             raise ConfigurationError(f"mixture_size must be a positive integer, got {mixture_size!r}")
+        mixture_size = size
         self.mixture_size = mixture_size
         self.do_layer_norm = do_layer_norm
         if initial_scalar_parameters is None:

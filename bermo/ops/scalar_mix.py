@@ -5,8 +5,8 @@ Math of the fused path (w = softmax(s), L layers, g the output gradient, sums ov
 
 * plain mix: ``out = sum_k c_k t_k`` with ``c_k = gamma w_k``; ``grad t_k = c_k g``; ``d_k = <g, t_k>``.
 * layer-normed mix (AllenNLP's masked layer norm, one mean/variance per layer over the M unmasked elements):
-  ``n_k = (t_k - mu_k) r_k`` with ``r_k = 1 / sqrt(var_k + eps)``; ``out = sum_k c_k t_k + b`` with
-  ``c_k = gamma w_k r_k`` and ``b = -sum_k c_k mu_k``; ``d_k = <g, n_k> = r_k e_k`` with
+  ``n_k = (t_k - mu_k) r_k`` with ``r_k = 1 / sqrt(var_k + eps)``; ``out = sum_k c_k (t_k - mu_k)`` with
+  ``c_k = gamma w_k r_k`` (centred before scaling: a near-constant layer has a huge ``c_k``); ``d_k = <g, n_k> = r_k e_k`` with
   ``e_k = <g, t_k - mu_k>``; and, m the row mask,
   ``grad t_k = c_k g - m (c_k S / M + c_k r_k^2 e_k / M (t_k - mu_k))`` with ``S = sum g``.
 * either way ``grad gamma = sum_k w_k d_k`` and, through the softmax with ``q_k = gamma d_k``,
@@ -65,6 +65,23 @@ def as_layers(tensors: TensorsArg) -> Tuple[List[torch.Tensor], bool]:
 
 def _fmt(x) -> str:
     return str(tuple(x)) if isinstance(x, torch.Size) else str(x)
+
+
+def check_parameters(scalars, gamma, num_layers: int) -> None:
+    """The scalars must be a float tensor of shape (L,) and gamma a float tensor holding one value, shape (1,)
+    (what AllenNLP's module holds) or (): anything else is refused before any kernel runs. (A gamma of shape
+    (L,) would otherwise broadcast into a silent per-layer gamma.)"""
+    for name, p, shape in (("scalars", scalars, f"({num_layers},)"), ("gamma", gamma, "(1,) or ()")):
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(f"{OP_NAME}: {name} must be a float torch.Tensor of shape {shape}; got a "
+                            f"{type(p).__name__} (wrap it, e.g. torch.tensor({'[1.0]' if name == 'gamma' else 'values'}))")
+        if not p.dtype.is_floating_point:
+            raise TypeError(f"{OP_NAME}: {name} must be a floating-point tensor; got {p.dtype}")
+    if scalars.shape != (num_layers,):
+        raise ValueError(f"{OP_NAME}: expected {num_layers} scalar weights (one per tensor), shape ({num_layers},); "
+                         f"got shape {_fmt(scalars.shape)}")
+    if gamma.shape not in ((1,), ()):
+        raise ValueError(f"{OP_NAME}: gamma must hold one value, shape (1,) or (); got shape {_fmt(gamma.shape)}")
 
 
 def row_mask_of(mask: Optional[torch.Tensor], x0: torch.Tensor) -> torch.Tensor:
@@ -126,16 +143,16 @@ def _launchers(backend: str):
     return importlib.import_module(_LAUNCHERS[backend])
 
 
-def _mix_forward(tensors: List[torch.Tensor], coef: torch.Tensor, bias: torch.Tensor,
+def _mix_forward(tensors: List[torch.Tensor], coef: torch.Tensor, center: torch.Tensor,
                    backend: str) -> torch.Tensor:
-    return _launchers(backend).mix_forward(tensors, coef, bias)
+    return _launchers(backend).mix_forward(tensors, coef, center)
 
 
 mix_forward_op = torch.library.custom_op("bermo::scalar_mix_forward", _mix_forward, mutates_args=())
 
 
 @mix_forward_op.register_fake
-def _(tensors, coef, bias, backend):
+def _(tensors, coef, center, backend):
     return torch.empty(tensors[0].shape, dtype=tensors[0].dtype, device=tensors[0].device)
 
 
@@ -162,13 +179,13 @@ def _(grad_out, tensors, coef, center, need_grad, compute_dots, stacked, backend
 def _ln_stats(tensors: List[torch.Tensor], row_mask: torch.Tensor,
                 backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean (L,), biased variance (L,), count ()) of every layer over the unmasked elements, merged from the
-    kernels' per-tile (count, mean, M2) in float64 with Chan's formula."""
-    counts, means, m2 = _launchers(backend).ln_stats(tensors, row_mask)
+    kernels' per-tile (count, mean of ``t - shift``, M2) in float64 with Chan's formula, the shift added back."""
+    counts, means, m2, shift = _launchers(backend).ln_stats(tensors, row_mask)
     n = counts.double()[:, None]
     total = n.sum()
     mean = (n * means.double()).sum(0) / total
     var = (m2.double() + n * (means.double() - mean).pow(2)).sum(0) / total
-    return mean.to(row_mask.dtype), var.to(row_mask.dtype), total.to(row_mask.dtype)
+    return (mean + shift.double()).to(row_mask.dtype), var.to(row_mask.dtype), total.to(row_mask.dtype)
 
 
 ln_stats_op = torch.library.custom_op("bermo::scalar_mix_ln_stats", _ln_stats, mutates_args=())
@@ -212,6 +229,27 @@ def _ops() -> _Ops:
 # ----------------------------------------------------------------------------------------------------------
 # Autograd
 # ----------------------------------------------------------------------------------------------------------
+LAYERS_ARG = 6  # forward's arguments before the layers: scalars, gamma, row_mask, eps, backend, stacked
+
+
+def _differentiable_backward(ctx, grad_out, scalars, gamma, row_mask, layers):
+    """The backward as a differentiable function of the inputs, for ``create_graph=True`` (gradient penalties,
+    double backward): the fused kernels compute numbers, not a graph, so this recomputes the eager formula and
+    lets autograd build the graph of its gradients. Slower, but never a silent zero."""
+    inputs = [scalars, gamma, *layers]
+    flags = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], *ctx.needs_input_grad[LAYERS_ARG:]]
+    wanted = [i for i, f in enumerate(flags) if f]
+    tensors = list(layers[0].unbind(0)) if ctx.stacked else list(layers)
+    with torch.enable_grad():
+        out = reference_scalar_mix(tensors, scalars, gamma, row_mask)
+        found = torch.autograd.grad(out, [inputs[i] for i in wanted], grad_out, create_graph=True,
+                                    allow_unused=True)
+    grads = [None] * len(inputs)
+    for i, g in zip(wanted, found):
+        grads[i] = torch.zeros_like(inputs[i]) if g is None else g
+    return (grads[0], grads[1], None, None, None, None, *grads[2:])
+
+
 class ScalarMixFunction(torch.autograd.Function):
     """Fused scalar mix: ``forward(scalars (L,), gamma (1,), row_mask or None, eps, backend, stacked, *layers)``.
 
@@ -227,25 +265,26 @@ class ScalarMixFunction(torch.autograd.Function):
         gw = weights * gamma.detach().to(acc)  # gamma * w_k
         mean = rstd = count = None
         if row_mask is None:
-            coef = gw
-            bias = torch.zeros(1, dtype=acc, device=coef.device)
+            coef, center = gw, torch.zeros_like(gw)
         else:
             mean, var, count = _ops().ln_stats(tensors, row_mask, backend)
             rstd = torch.rsqrt(var + eps)
-            coef = gw * rstd
-            bias = -(coef * mean).sum().reshape(1)
-        out = _ops().mix_forward(tensors, coef, bias, backend)
+            coef, center = gw * rstd, mean
+        out = _ops().mix_forward(tensors, coef, center, backend)
         ctx.backend, ctx.stacked, ctx.num_layers = backend, stacked, len(tensors)
         ctx.param_dtypes = (scalars.dtype, gamma.dtype)
-        ctx.save_for_backward(weights, gw, coef, mean, rstd, count, row_mask, *layers)
+        ctx.gamma_shape = gamma.shape
+        ctx.save_for_backward(weights, gw, coef, mean, rstd, count, row_mask, scalars, gamma, *layers)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        weights, gw, coef, mean, rstd, count, row_mask, *layers = ctx.saved_tensors
+        weights, gw, coef, mean, rstd, count, row_mask, scalars, gamma, *layers = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the gradients must themselves be differentiable
+            return _differentiable_backward(ctx, grad_out, scalars, gamma, row_mask, layers)
         tensors = list(layers[0].unbind(0)) if ctx.stacked else list(layers)
         L, backend = ctx.num_layers, ctx.backend
-        layer_flags = ctx.needs_input_grad[6:]
+        layer_flags = ctx.needs_input_grad[LAYERS_ARG:]
         need = [bool(layer_flags[0])] * L if ctx.stacked else [bool(f) for f in layer_flags]
         need_dots = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         grad_out = grad_out.contiguous()
@@ -268,7 +307,7 @@ class ScalarMixFunction(torch.autograd.Function):
         if need_dots:  # few small ops: on a GPU each is a launch beside the one big kernel
             wd = torch.dot(weights, d)  # = grad gamma
             grad_scalars = (gw * (d - wd)).to(ctx.param_dtypes[0])  # w_k (q_k - sum_j w_j q_j), q = gamma d
-            grad_gamma = wd.reshape(1).to(ctx.param_dtypes[1])
+            grad_gamma = wd.reshape(ctx.gamma_shape).to(ctx.param_dtypes[1])
         it = iter(computed)
         layer_grads = [next(it) if f else None for f in need[:1 if ctx.stacked else L]]
         return (grad_scalars, grad_gamma, None, None, None, None, *layer_grads)
@@ -286,9 +325,7 @@ def scalar_mix(tensors: TensorsArg, scalars: torch.Tensor, gamma: torch.Tensor, 
     """
     layers, stacked = as_layers(tensors)
     x0 = layers[0]
-    if scalars.shape != (len(layers),):
-        raise ValueError(f"{OP_NAME}: expected {len(layers)} scalar weights (one per tensor); got shape "
-                         f"{_fmt(scalars.shape)}")
+    check_parameters(scalars, gamma, len(layers))
     for name, p in (("scalar parameters", scalars), ("gamma", gamma)):
         if p.device != x0.device:
             raise ValueError(f"{OP_NAME}: the {name} are on {p.device} but the tensors are on {x0.device}; "

@@ -147,30 +147,32 @@ inline int64_t for_vector_blocks(int64_t c0, int64_t c1, int64_t L, F&& f) {
   return end;
 }
 
-// One row's outputs [c0, c1) of the forward mix, out[c] = b + sum_k a[k] * x[k][in + c], as far as the
-// vector path goes; returns where the scalar tail starts. Blocks of 16 outputs are accumulated in registers
-// across a group of at most kGroup layers; with more layers the row is cut into kBlock-wide pieces whose
-// float partial sums wait in an L1-resident buffer while the next group streams through. Every layer is
-// still read once; only kGroup streams run at a time, since dozens of same-offset streams (layers of 2^k
-// bytes sit at equal low address bits) defeat the caches' associativity and the prefetchers.
+// One row's outputs [c0, c1) of the forward mix, out[c] = sum_k a[k] * (x[k][in + c] - mu[k]), as far as
+// the vector path goes; returns where the scalar tail starts. (Centring before scaling: a near-constant layer
+// under layer norm has a huge a[k], and a[k] * x - a[k] * mu would cancel catastrophically.) Blocks of 16
+// outputs are accumulated in registers across a group of at most kGroup layers; with more layers the row is
+// cut into kBlock-wide pieces whose float partial sums wait in an L1-resident buffer while the next group
+// streams through. Every layer is still read once; only kGroup streams run at a time, since dozens of
+// same-offset streams (layers of 2^k bytes sit at equal low address bits) defeat the caches' associativity
+// and the prefetchers.
 template <typename scalar_t, typename acc_t>
-inline int64_t mix_row_vec(const scalar_t* const* x, int64_t L, const acc_t* a, acc_t b, int64_t in, scalar_t* o,
-                           int64_t c0, int64_t c1) {
+inline int64_t mix_row_vec(const scalar_t* const* x, int64_t L, const acc_t* a, const acc_t* mu, int64_t in,
+                           scalar_t* o, int64_t c0, int64_t c1) {
   if constexpr (!kVec8<scalar_t>) {
     return c0;
   } else {
     alignas(32) float part[kBlock];
     return for_vector_blocks(c0, c1, L, [&](int64_t s, int64_t c, int64_t k0, int64_t k1) {
       float* pc = part + (c - s);
-      f32x8 v0 = f32x8{} + b, v1 = v0;
+      f32x8 v0 = f32x8{}, v1 = v0;
       if (k0 > 0) {
         v0 = load8(pc);
         v1 = load8(pc + 8);
       }
       for (int64_t k = k0; k < k1; ++k) {
         const scalar_t* xr = x[k] + in + c;
-        v0 += a[k] * load8(xr);
-        v1 += a[k] * load8(xr + 8);
+        v0 += a[k] * (load8(xr) - mu[k]);
+        v1 += a[k] * (load8(xr + 8) - mu[k]);
       }
       if (k1 == L) {
         store8(o + c, v0);
@@ -184,11 +186,11 @@ inline int64_t mix_row_vec(const scalar_t* const* x, int64_t L, const acc_t* a, 
 }
 
 template <typename scalar_t, typename acc_t>
-inline void mix_row(const scalar_t* const* x, int64_t L, const acc_t* a, acc_t b, int64_t in, scalar_t* o,
-                    int64_t c0, int64_t c1) {
-  for (int64_t c = mix_row_vec(x, L, a, b, in, o, c0, c1); c < c1; ++c) {
-    acc_t v = b;
-    for (int64_t k = 0; k < L; ++k) v += a[k] * static_cast<acc_t>(x[k][in + c]);
+inline void mix_row(const scalar_t* const* x, int64_t L, const acc_t* a, const acc_t* mu, int64_t in,
+                    scalar_t* o, int64_t c0, int64_t c1) {
+  for (int64_t c = mix_row_vec(x, L, a, mu, in, o, c0, c1); c < c1; ++c) {
+    acc_t v = 0;
+    for (int64_t k = 0; k < L; ++k) v += a[k] * (static_cast<acc_t>(x[k][in + c]) - mu[k]);
     o[c] = static_cast<scalar_t>(v);
   }
 }
@@ -236,19 +238,19 @@ struct BwdVec {
 
 }  // namespace
 
-// out = sum_k coef[k] * xs[k] + bias; out is contiguous (rows, cols).
-void mix_forward(const std::vector<at::Tensor>& xs, const at::Tensor& coef, const at::Tensor& bias,
+// out = sum_k coef[k] * (xs[k] - center[k]); out is contiguous (rows, cols).
+void mix_forward(const std::vector<at::Tensor>& xs, const at::Tensor& coef, const at::Tensor& center,
                  at::Tensor& out, int64_t rows, int64_t cols, int64_t stride) {
   Tiles tiles(rows, cols, stride);
   BERMO_DISPATCH(out.scalar_type(), "bermo_mix_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto x = bases<scalar_t>(xs);
     const acc_t* a = coef.data_ptr<acc_t>();
-    const acc_t b = *bias.data_ptr<acc_t>();
+    const acc_t* mu = center.data_ptr<acc_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     const int64_t L = static_cast<int64_t>(x.size());
     tiles.run([&](int64_t, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
-      for (int64_t r = r0; r < r1; ++r) mix_row(x.data(), L, a, b, r * stride, o + r * cols, c0, c1);
+      for (int64_t r = r0; r < r1; ++r) mix_row(x.data(), L, a, mu, r * stride, o + r * cols, c0, c1);
     });
   });
 }
@@ -299,7 +301,11 @@ void mix_backward(const at::Tensor& grad_out, const std::vector<at::Tensor>& xs,
   });
 }
 
-// partials (tiles, 2L + 1): [count, mean_k for k, M2_k for k] over each tile's unmasked rows.
+// partials (tiles, 3L + 1): [count, mean_k for k, M2_k for k, shift_k for k] over each tile's unmasked rows,
+// the means of x_k - shift_k with shift_k = x_k[0][0] (a value of the layer: a near-constant layer's sums stay
+// small and exact). As in
+// AllenNLP (which multiplies by the mask), a NaN or infinity in a masked row still poisons the layer's
+// statistics: masked rows are summed times zero, which is 0 for finite values and NaN otherwise.
 void ln_stats(const std::vector<at::Tensor>& xs, const at::Tensor& row_mask, at::Tensor& partials, int64_t rows,
               int64_t cols, int64_t stride) {
   Tiles tiles(rows, cols, stride);
@@ -313,29 +319,35 @@ void ln_stats(const std::vector<at::Tensor>& xs, const at::Tensor& row_mask, at:
       const int64_t w = c1 - c0;
       acc_t n = 0;
       for (int64_t r = r0; r < r1; ++r) n += m[r] * static_cast<acc_t>(w);
-      acc_t* p = part + t * (2 * L + 1);
+      acc_t* p = part + t * (3 * L + 1);
       p[0] = n;
       for (int64_t k = 0; k < L; ++k) {
-        acc_t s = 0;
+        const acc_t shift = static_cast<acc_t>(x[k][0]);
+        acc_t s = 0, poison = 0;
         for (int64_t r = r0; r < r1; ++r) {
-          if (m[r] == 0) continue;
           const scalar_t* xr = x[k] + r * stride + c0;
+          if (m[r] == 0) {
+_Pragma("omp simd reduction(+ : poison)")
+            for (int64_t c = 0; c < w; ++c) poison += static_cast<acc_t>(xr[c]) * acc_t(0);
+            continue;
+          }
 _Pragma("omp simd reduction(+ : s)")
-          for (int64_t c = 0; c < w; ++c) s += static_cast<acc_t>(xr[c]);
+          for (int64_t c = 0; c < w; ++c) s += static_cast<acc_t>(xr[c]) - shift;
         }
-        const acc_t mean = n > 0 ? s / n : acc_t(0);
+        const acc_t mean = (n > 0 ? s / n : acc_t(0)) + poison;
         acc_t m2 = 0;
         for (int64_t r = r0; r < r1; ++r) {
           if (m[r] == 0) continue;
           const scalar_t* xr = x[k] + r * stride + c0;
 _Pragma("omp simd reduction(+ : m2)")
           for (int64_t c = 0; c < w; ++c) {
-            const acc_t d = static_cast<acc_t>(xr[c]) - mean;
+            const acc_t d = (static_cast<acc_t>(xr[c]) - shift) - mean;
             m2 += d * d;
           }
         }
         p[1 + k] = mean;
         p[1 + L + k] = m2;
+        p[1 + 2 * L + k] = shift;
       }
     });
   });
