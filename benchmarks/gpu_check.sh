@@ -32,11 +32,14 @@ fi
 
 if [[ $what == all || $what == bench ]]; then
   # The kernels alone (both access variants), then whole calls against the other providers.
-  timeout "${KERNEL_TIMEOUT:-120}" $PY benchmarks/scalar_mix_kernels.py --out "$OUT" 2>&1 | tee "$OUT/kernels.log"
+  timeout "${KERNEL_TIMEOUT:-120}" $PY benchmarks/scalar_mix_kernels.py --out "$OUT" ${KERNEL_ARGS:-} 2>&1 \
+    | tee "$OUT/kernels.log"
   echo "kernel benchmark exit: ${PIPESTATUS[0]}"
-  timeout "${BENCH_TIMEOUT:-240}" $PY benchmarks/scalar_mix.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 \
-    | tee "$OUT/bench.log" | grep -v "^\.\.\." | grep -E "^#|bermo|compile \||FAIL|exit|Error" | tail -30
-  echo "benchmark exit: ${PIPESTATUS[0]}"
+  if [[ -z ${SKIP_MIX_BENCH:-} ]]; then
+    timeout "${BENCH_TIMEOUT:-240}" $PY benchmarks/scalar_mix.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 \
+      | tee "$OUT/bench.log" | grep -v "^\.\.\." | grep -E "^#|bermo|compile \||FAIL|exit|Error" | tail -30
+    echo "benchmark exit: ${PIPESTATUS[0]}"
+  fi
   timeout "${LN_TIMEOUT:-150}" $PY benchmarks/scalar_mix.py --layer-norm --dtypes bfloat16 --out "$OUT" 2>&1 \
     | tee "$OUT/bench_ln.log" | grep -E "^#|bermo \||FAIL|Error" | tail -12
   echo "layer-norm benchmark exit: ${PIPESTATUS[0]}"

@@ -97,7 +97,7 @@ def reference(layers, module, grad_out, with_backward, mask=None):
         grads = torch.autograd.grad(out, xs + s + [g], grad_out.double())
         g64 = grad_out.double().abs()
         w = torch.softmax(torch.cat(s).detach(), 0)
-        one = [torch.ones(1, dtype=torch.float64)]
+        one = [torch.ones(1, dtype=torch.float64, device=grad_out.device)]
         normed = [x.detach() if mask is None else allennlp_mix([x.detach()], one, 1.0, mask) for x in xs]
         terms = torch.stack([(g64 * x.abs()).sum() for x in normed]) * w
         results += list(grads)

@@ -37,6 +37,26 @@ def _timer(device):
     return lambda fn: time_fn(fn, device, reps=3, warmup=1)["median_ms"]
 
 
+def warm_up_gpu(device, seconds=2.0):
+    """Matrix products for a couple of seconds, so the clocks have ramped up before the first timing (an
+    idle H100 sits at 345 MHz; the first kernels measured would otherwise pay the ramp)."""
+    if device.type != "cuda":
+        return
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(10):
+            a @ a
+        torch.cuda.synchronize()
+
+
+def time_pair(timer, fn_a, fn_b):
+    """Median ms of two variants measured A, B, B, A: ``(a, b, spread)`` with each the mean of its two runs and
+    spread the largest relative difference between a variant's two runs."""
+    a1, b1, b2, a2 = timer(fn_a), timer(fn_b), timer(fn_b), timer(fn_a)
+    return (a1 + a2) / 2, (b1 + b2) / 2, max(abs(a1 - a2) / min(a1, a2), abs(b1 - b2) / min(b1, b2))
+
+
 def kernel_cases(B, T, H, L, dtype, device):
     """``{kernel: (fn(aligned), bytes)}`` for the four passes, with fixed random inputs."""
     from bermo.kernels import scalar_mix as k
@@ -83,9 +103,84 @@ def host_overhead_us(L, device, reps=200):
     return out
 
 
+def profile_host(L, device, calls=200):
+    """cProfile of ScalarMix forward + backward calls on a tiny input: where the host time goes."""
+    import cProfile
+    import pstats
+
+    from bermo import ScalarMix
+
+    mix = ScalarMix(L).to(device)
+    xs = [torch.randn(1, 1, 16, device=device, requires_grad=True) for _ in range(L)]
+    for _ in range(10):
+        mix(xs).sum().backward()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        mix(xs).sum().backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    prof.disable()
+    print(f"# host profile of {calls} ScalarMix({L}) forward + backward calls")
+    pstats.Stats(prof).sort_stats("tottime").print_stats(18)
+
+
+def tune(device, timer, copy_bw, quick=False):
+    """Forward and backward kernels at BERT-base and BERT-large bfloat16 over tile sizes and warps, both access
+    variants: which launch configuration comes closest to the copy bandwidth."""
+    from bermo.kernels import scalar_mix as k
+    from bermo.kernels.layout import as_rows, pointer_table
+
+    shapes = [(2, 4, 64, 3)] if quick else [(32, 128, 768, 13), (32, 128, 1024, 25)]
+    tiles = [4096] if quick else [2048, 4096, 8192, 16384]
+    rows = []
+    for B, T, H, L in shapes:
+        layers = [torch.randn(B, T, H, device=device, dtype=torch.bfloat16) for _ in range(L)]
+        g = torch.randn(B, T, H, device=device, dtype=torch.bfloat16)
+        grads = [torch.empty_like(g) for _ in range(L)]
+        layout, views = as_rows(layers)
+        table, gtable = pointer_table(views, device), pointer_table(grads, device)
+        coef, center = torch.rand(L, device=device), torch.zeros(L, device=device)
+        N = B * T * H
+        for tile in tiles:
+            for warps in (4, 8):
+                for aligned in (True, False):
+                    block_c = 256
+                    block_r = tile // block_c
+                    grid = (triton_cdiv(layout.rows, block_r) * triton_cdiv(layout.cols, block_c),)
+                    partials = torch.empty(grid[0], L + 1, device=device)
+
+                    def fwd():
+                        out = torch.empty_like(g)
+                        k.scalar_mix_fwd_kernel[grid](table, coef, center, out, layout.rows, layout.cols,
+                                                      layout.row_stride, L, BLOCK_R=block_r, BLOCK_C=block_c,
+                                                      ALIGNED=aligned, num_warps=warps)
+
+                    def bwd():
+                        k.scalar_mix_bwd_kernel[grid](g, table, gtable, coef, center, partials, layout.rows,
+                                                      layout.cols, layout.row_stride, L, BLOCK_R=block_r,
+                                                      BLOCK_C=block_c, COMPUTE_DOTS=True, WRITE_GRADS=True,
+                                                      ALIGNED=aligned, num_warps=warps)
+                    for name, fn, nbytes in (("forward", fwd, (L + 1) * N * 2), ("backward", bwd, (2 * L + 1) * N * 2)):
+                        fn()
+                        ms = timer(fn)
+                        gbs = nbytes / (ms * 1e-3) / 1e9
+                        rows.append({"shape": f"H={H} L={L}", "kernel": name, "tile": tile, "warps": warps,
+                                     "aligned": aligned, "us": ms * 1e3, "gbs": gbs,
+                                     "pct_copy": 100 * gbs / copy_bw})
+    rows.sort(key=lambda r: (r["shape"], r["kernel"], -r["gbs"]))
+    return "# tile sweep, bfloat16\n" + markdown_table(rows, [
+        ("shape", "shape", ""), ("kernel", "kernel", ""), ("tile", "tile", ""), ("warps", "warps", ""),
+        ("aligned", "aligned", ""), ("us", "us", "{:.1f}"), ("GB/s", "gbs", "{:.0f}"), ("% copy", "pct_copy", "{:.0f}%")])
+
+
+def triton_cdiv(a, b):
+    return (a + b - 1) // b
+
+
 COLUMNS = [("shape", "shape", ""), ("dtype", "dtype", ""), ("kernel", "kernel", ""), ("access", "access", ""),
            ("median us", "us", "{:.1f}"), ("GB/s", "gbs", "{:.0f}"), ("% copy BW", "pct_copy", "{:.0f}%"),
-           ("x unaligned", "speedup", "{:.2f}x")]
+           ("x unaligned", "speedup", "{:.2f}x"), ("run-to-run %", "spread", "{:.0f}%")]
 
 
 def main(argv=None) -> int:
@@ -97,6 +192,10 @@ def main(argv=None) -> int:
                         choices=["float32", "bfloat16", "float16", "float64"], help="dtypes to run")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     parser.add_argument("--no-save", action="store_true", help="print the table only")
+    parser.add_argument("--profile-host", action="store_true",
+                        help="also print where the host time of a ScalarMix call goes (cProfile)")
+    parser.add_argument("--tune", action="store_true",
+                        help="also sweep tile sizes and warps of the forward and backward kernels")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cpu" and not args.quick:
@@ -108,6 +207,7 @@ def main(argv=None) -> int:
     env = environment(device)
     copy_bw = copy_bandwidth_gbs(device)
     timer = _timer(device)
+    warm_up_gpu(device)
     print(f"# ScalarMix kernels on {env['device_name']} (torch {env['torch']}, triton {env['triton']}); "
           f"measured copy bandwidth {copy_bw:.0f} GB/s", flush=True)
     rows = []
@@ -115,22 +215,23 @@ def main(argv=None) -> int:
         for dtype_name in args.dtypes:
             dtype = getattr(torch, dtype_name)
             for kernel, (fn, nbytes) in kernel_cases(B, T, H, L, dtype, device).items():
-                times = {}
-                for access, aligned in (("vector", None), ("unaligned", False)):
-                    ms = timer(lambda: fn(aligned))
-                    times[access] = ms
+                fn(None), fn(False)  # compile both variants before timing
+                vec, una, spread = time_pair(timer, lambda: fn(None), lambda: fn(False))
+                for access, ms in (("vector", vec), ("unaligned", una)):
                     gbs = nbytes / (ms * 1e-3) / 1e9
                     rows.append({"shape": f"B={B} T={T} H={H} L={L}", "dtype": dtype_name, "kernel": kernel,
                                  "access": access, "us": ms * 1e3, "gbs": gbs, "pct_copy": 100 * gbs / copy_bw,
-                                 "bytes": nbytes})
-                rows[-2]["speedup"] = times["unaligned"] / times["vector"]
-                rows[-1]["speedup"] = 1.0
+                                 "bytes": nbytes, "speedup": una / ms, "spread": 100 * spread})
     table = markdown_table(rows, COLUMNS)
     overhead = host_overhead_us(13, device, reps=20 if args.quick else 200)
     lines = [f"Host overhead of one ScalarMix(13) call on a (1, 1, 16) input (device work negligible): "
              + ", ".join(f"{mode} {us:.0f} us" for mode, us in overhead.items())]
     print(table)
     print(lines[0])
+    if args.profile_host:
+        profile_host(13, device)
+    if args.tune:
+        print(tune(device, timer, copy_bw, quick=args.quick))
     if not args.no_save:
         notes = (f"Measured copy bandwidth: {copy_bw:.0f} GB/s. Kernel time alone (triton.testing.do_bench median, "
                  "L2 flushed). Bytes: forward (L+1)N, backward (2L+1)N, ln_stats LN, ln_backward (2L+1)N elements. "

@@ -50,7 +50,9 @@ def test_large_tensor_int64_offsets_on_gpu():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
 def test_vector_and_elementwise_variants_agree_bitwise_on_gpu(dtype):
-    """The two variants differ only in how they move bytes: every kernel's results are bitwise equal."""
+    """The two variants differ only in how they move bytes: elementwise results (the output, the layer
+    gradients) are bitwise equal; per-tile reductions may sum in another order (the vector layout hands each
+    thread other elements), so they agree to float32 rounding."""
     from bermo.kernels import scalar_mix as k
 
     gen = torch.Generator().manual_seed(5)
@@ -60,14 +62,16 @@ def test_vector_and_elementwise_variants_agree_bitwise_on_gpu(dtype):
     coef, center = torch.rand(L, generator=gen).cuda(), torch.randn(L, generator=gen).cuda()
     row_mask = (torch.rand(shape[0] * shape[1], generator=gen) > 0.2).float().cuda()
     need = [k_ % 3 != 1 for k_ in range(L)]
-    runs = {}
+    runs, sums = {}, {}
     for aligned in (None, False):
-        runs[aligned] = [k.mix_forward(layers, coef, center, aligned=aligned),
-                         *k.mix_backward(g, layers, coef, center, need, True, aligned=aligned)[0],
-                         *k.ln_stats(layers, row_mask, aligned=aligned),
+        grads, dots = k.mix_backward(g, layers, coef, center, need, True, aligned=aligned)
+        runs[aligned] = [k.mix_forward(layers, coef, center, aligned=aligned), *grads,
                          *k.ln_backward(g, layers, row_mask, coef, coef, center, center, need, aligned=aligned)]
+        sums[aligned] = [dots, *k.ln_stats(layers, row_mask, aligned=aligned)]
     for a, b in zip(runs[None], runs[False]):
         assert torch.equal(a, b)
+    for a, b in zip(sums[None], sums[False]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
     want = sum(c * (t.double() - m) for c, m, t in zip(coef.double(), center.double(), layers))
     torch.testing.assert_close(runs[None][0].double(), want, rtol=1e-2, atol=1e-2)
 
