@@ -59,7 +59,7 @@ def time_pair(timer, fn_a, fn_b):
 
 def kernel_cases(B, T, H, L, dtype, device):
     """``{kernel: (fn(aligned), bytes)}`` for the four passes, with fixed random inputs."""
-    from bermo.kernels import scalar_mix as k
+    from bermo.kernels import scalar_mix_triton as k
     from bermo.kernels.layout import acc_dtype
 
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -128,7 +128,7 @@ def profile_host(L, device, calls=200):
 def tune(device, timer, copy_bw, quick=False):
     """Forward and backward kernels at BERT-base and BERT-large bfloat16 over tile sizes and warps, both access
     variants: which launch configuration comes closest to the copy bandwidth."""
-    from bermo.kernels import scalar_mix as k
+    from bermo.kernels import scalar_mix_triton as k
     from bermo.kernels.layout import as_rows, pointer_table
 
     shapes = [(2, 4, 64, 3)] if quick else [(32, 128, 768, 13), (32, 128, 1024, 25)]

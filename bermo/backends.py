@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 
 from .errors import BackendUnavailableError
+from .kernels.dtypes import triton_interpreting  # the one place that reads TRITON_INTERPRET
 
 ENV_VAR = "BERMO_BACKEND"
 BACKENDS = ("auto", "triton", "cpu", "reference")
@@ -39,10 +40,6 @@ def requested(backend: Optional[str] = None) -> str:
     return name
 
 
-def triton_interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 @functools.lru_cache(maxsize=None)
 def _triton_import_error() -> Optional[str]:
     if importlib.util.find_spec("triton") is None:
@@ -57,9 +54,9 @@ def _triton_import_error() -> Optional[str]:
 @functools.lru_cache(maxsize=None)
 def _cpu_build_error() -> Optional[str]:
     try:
-        from bermo.kernels import scalar_mix_cpu
+        from bermo.kernels import cpu_extension
 
-        scalar_mix_cpu.extension()
+        cpu_extension.extension()
     except Exception as exc:
         lines = [line for line in str(exc).strip().splitlines() if "error" in line.lower()] or [str(exc).strip()]
         return f"the C++ extension could not be built ({type(exc).__name__}: {' | '.join(lines)[-600:]})"

@@ -156,7 +156,9 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiles")
     parser.add_argument("--filter", default="", help="only configurations whose label contains this text")
     args = parser.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    from .dtypes import triton_interpreting
+
+    if triton_interpreting():
         print("TRITON_INTERPRET is set: the kernels would be interpreted, not compiled; unset it", file=sys.stderr)
         return 2
     jobs = [(m, i, arch) for m, i, label in configurations() if args.filter in label for arch in args.arch]

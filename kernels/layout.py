@@ -16,12 +16,7 @@ from typing import List, Optional, Sequence
 import torch
 
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype of every kernel: float64 for float64 inputs, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from .dtypes import SUPPORTED_DTYPES, acc_dtype  # noqa: F401  (re-exported: the layout's users need both)
 
 
 @dataclass(frozen=True)

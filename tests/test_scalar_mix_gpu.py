@@ -53,7 +53,7 @@ def test_vector_and_elementwise_variants_agree_bitwise_on_gpu(dtype):
     """The two variants differ only in how they move bytes: elementwise results (the output, the layer
     gradients) are bitwise equal; per-tile reductions may sum in another order (the vector layout hands each
     thread other elements), so they agree to float32 rounding."""
-    from bermo.kernels import scalar_mix as k
+    from bermo.kernels import scalar_mix_triton as k
 
     gen = torch.Generator().manual_seed(5)
     L, shape = 13, (4, 128, 768)

@@ -58,7 +58,7 @@ class _Recorder:
 
 @pytest.fixture
 def launches(monkeypatch):
-    from bermo.kernels import scalar_mix as k
+    from bermo.kernels import scalar_mix_triton as k
 
     seen = []
     for name in ("scalar_mix_fwd_kernel", "scalar_mix_bwd_kernel", "ln_stats_kernel", "ln_bwd_kernel"):
@@ -107,7 +107,7 @@ def test_launchers_pick_the_variant_and_both_agree(launches, kind, expected, do_
 
 
 def test_forcing_the_vector_variant_on_unaligned_tensors_is_an_error():
-    from bermo.kernels import scalar_mix as k
+    from bermo.kernels import scalar_mix_triton as k
 
     layers = _layers("offset", torch.float32, TRITON_DEVICE, torch.Generator().manual_seed(0))
     coef = torch.ones(3, device=TRITON_DEVICE)

@@ -14,13 +14,13 @@ Math of the fused path (w = softmax(s), L layers, g the output gradient, sums ov
 """
 from __future__ import annotations
 
-import importlib
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from .. import backends
-from ..kernels.layout import SUPPORTED_DTYPES, acc_dtype
+from ..kernels.dtypes import SUPPORTED_DTYPES, acc_dtype
+from .custom_ops import CustomOps
 
 OP_NAME = "ScalarMix"
 
@@ -133,26 +133,23 @@ def reference_scalar_mix(layers: Sequence[torch.Tensor], scalars: torch.Tensor, 
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Custom ops around the kernels: opaque to torch.compile, with fake (meta) implementations. Eager calls skip
-# the dispatcher and call the plain functions (``_ops()``): same code, ~100 us less per call.
+# The kernel passes as custom ops (opaque to torch.compile, with fake implementations); eager calls skip the
+# dispatcher (see bermo.ops.custom_ops).
 # ----------------------------------------------------------------------------------------------------------
-_LAUNCHERS = {"triton": "bermo.kernels.scalar_mix", "cpu": "bermo.kernels.scalar_mix_cpu"}
-
-
 def _launchers(backend: str):
-    return importlib.import_module(_LAUNCHERS[backend])
+    if backend == "triton":
+        from ..kernels import scalar_mix_triton as launchers
+    else:
+        from ..kernels import scalar_mix_cpu as launchers
+    return launchers
 
 
 def _mix_forward(tensors: List[torch.Tensor], coef: torch.Tensor, center: torch.Tensor,
-                   backend: str) -> torch.Tensor:
+                 backend: str) -> torch.Tensor:
     return _launchers(backend).mix_forward(tensors, coef, center)
 
 
-mix_forward_op = torch.library.custom_op("bermo::scalar_mix_forward", _mix_forward, mutates_args=())
-
-
-@mix_forward_op.register_fake
-def _(tensors, coef, center, backend):
+def _mix_forward_fake(tensors, coef, center, backend):
     return torch.empty(tensors[0].shape, dtype=tensors[0].dtype, device=tensors[0].device)
 
 
@@ -162,22 +159,18 @@ def _fake_grads(x0: torch.Tensor, need_grad: List[bool], stacked: bool) -> List[
 
 
 def _mix_backward(grad_out: torch.Tensor, tensors: List[torch.Tensor], coef: torch.Tensor,
-                    center: torch.Tensor, need_grad: List[bool], compute_dots: bool, stacked: bool,
-                    backend: str) -> Tuple[List[torch.Tensor], torch.Tensor]:
+                  center: torch.Tensor, need_grad: List[bool], compute_dots: bool, stacked: bool,
+                  backend: str) -> Tuple[List[torch.Tensor], torch.Tensor]:
     """Returns (the needed layers' gradients, or one (n_needed, ...) tensor when ``stacked``; the sums)."""
     return _launchers(backend).mix_backward(grad_out, tensors, coef, center, need_grad, compute_dots, stacked)
 
 
-mix_backward_op = torch.library.custom_op("bermo::scalar_mix_backward", _mix_backward, mutates_args=())
-
-
-@mix_backward_op.register_fake
-def _(grad_out, tensors, coef, center, need_grad, compute_dots, stacked, backend):
+def _mix_backward_fake(grad_out, tensors, coef, center, need_grad, compute_dots, stacked, backend):
     return _fake_grads(tensors[0], need_grad, stacked), coef.new_empty(len(tensors) + 1)
 
 
 def _ln_stats(tensors: List[torch.Tensor], row_mask: torch.Tensor,
-                backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean (L,), biased variance (L,), count ()) of every layer over the unmasked elements, merged from the
     kernels' per-tile (count, mean of ``t - shift``, M2) in float64 with Chan's formula, the shift added back."""
     counts, means, m2, shift = _launchers(backend).ln_stats(tensors, row_mask)
@@ -188,42 +181,28 @@ def _ln_stats(tensors: List[torch.Tensor], row_mask: torch.Tensor,
     return (mean + shift.double()).to(row_mask.dtype), var.to(row_mask.dtype), total.to(row_mask.dtype)
 
 
-ln_stats_op = torch.library.custom_op("bermo::scalar_mix_ln_stats", _ln_stats, mutates_args=())
-
-
-@ln_stats_op.register_fake
-def _(tensors, row_mask, backend):
+def _ln_stats_fake(tensors, row_mask, backend):
     L = len(tensors)
     return row_mask.new_empty(L), row_mask.new_empty(L), row_mask.new_empty(())
 
 
 def _ln_backward(grad_out: torch.Tensor, tensors: List[torch.Tensor], row_mask: torch.Tensor,
-                   coef: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, center: torch.Tensor,
-                   need_grad: List[bool], stacked: bool, backend: str) -> List[torch.Tensor]:
+                 coef: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, center: torch.Tensor,
+                 need_grad: List[bool], stacked: bool, backend: str) -> List[torch.Tensor]:
     return _launchers(backend).ln_backward(grad_out, tensors, row_mask, coef, alpha, beta, center, need_grad,
                                            stacked)
 
 
-ln_backward_op = torch.library.custom_op("bermo::scalar_mix_ln_backward", _ln_backward, mutates_args=())
-
-
-@ln_backward_op.register_fake
-def _(grad_out, tensors, row_mask, coef, alpha, beta, center, need_grad, stacked, backend):
+def _ln_backward_fake(grad_out, tensors, row_mask, coef, alpha, beta, center, need_grad, stacked, backend):
     return _fake_grads(tensors[0], need_grad, stacked)
 
 
-class _Ops:
-    def __init__(self, mix_forward, mix_backward, ln_stats, ln_backward):
-        self.mix_forward, self.mix_backward = mix_forward, mix_backward
-        self.ln_stats, self.ln_backward = ln_stats, ln_backward
-
-
-_EAGER = _Ops(_mix_forward, _mix_backward, _ln_stats, _ln_backward)
-_CUSTOM = _Ops(mix_forward_op, mix_backward_op, ln_stats_op, ln_backward_op)
-
-
-def _ops() -> _Ops:
-    return _CUSTOM if torch.compiler.is_compiling() else _EAGER
+_ops = CustomOps("scalar_mix", {
+    "forward": (_mix_forward, _mix_forward_fake),
+    "backward": (_mix_backward, _mix_backward_fake),
+    "ln_stats": (_ln_stats, _ln_stats_fake),
+    "ln_backward": (_ln_backward, _ln_backward_fake),
+})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -270,7 +249,7 @@ class ScalarMixFunction(torch.autograd.Function):
             mean, var, count = _ops().ln_stats(tensors, row_mask, backend)
             rstd = torch.rsqrt(var + eps)
             coef, center = gw * rstd, mean
-        out = _ops().mix_forward(tensors, coef, center, backend)
+        out = _ops().forward(tensors, coef, center, backend)
         ctx.backend, ctx.stacked, ctx.num_layers = backend, stacked, len(tensors)
         ctx.param_dtypes = (scalars.dtype, gamma.dtype)
         ctx.gamma_shape = gamma.shape
@@ -291,11 +270,11 @@ class ScalarMixFunction(torch.autograd.Function):
         computed, d = [], None  # the needed layers' gradients (one stacked tensor when stacked)
         if row_mask is None:
             if any(need) or need_dots:
-                computed, sums = _ops().mix_backward(grad_out, tensors, coef, torch.zeros_like(coef), need,
+                computed, sums = _ops().backward(grad_out, tensors, coef, torch.zeros_like(coef), need,
                                                      need_dots, ctx.stacked, backend)
                 d = sums[:L]
         elif any(need) or need_dots:
-            _, sums = _ops().mix_backward(grad_out, tensors, coef, mean, [False] * L, True, ctx.stacked, backend)
+            _, sums = _ops().backward(grad_out, tensors, coef, mean, [False] * L, True, ctx.stacked, backend)
             e, total_g = sums[:L], sums[L]
             d = rstd * e
             if any(need):

@@ -1,4 +1,4 @@
-// Fused CPU kernels for the scalar mix; the same four passes as kernels/scalar_mix.py (Triton).
+// Fused CPU kernels for the scalar mix; the same four passes as kernels/scalar_mix_triton.py.
 //
 // Every layer is a (rows, cols) view with a shared row stride (kernels/layout.py). Work is split into tiles
 // of at most kTile elements whose boundaries depend only on the shape, never on the thread count, and every
@@ -387,7 +387,7 @@ _Pragma("omp simd")
 
 int64_t num_tiles(int64_t rows, int64_t cols, int64_t stride) { return Tiles(rows, cols, stride).count; }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+void register_scalar_mix(pybind11::module_& m) {
   m.def("mix_forward", &mix_forward);
   m.def("mix_backward", &mix_backward);
   m.def("ln_stats", &ln_stats);

@@ -28,7 +28,8 @@ import triton
 import triton.language as tl
 
 from . import layout as layout_module
-from .layout import RowLayout, acc_dtype, as_rows, grad_buffers, pointer_table, vector_access_ok
+from .dtypes import SUPPORTED_DTYPES, acc_dtype, check_interpreter_mode, triton_dtype, triton_interpreting
+from .layout import RowLayout, as_rows, grad_buffers, pointer_table, vector_access_ok
 
 
 @triton.jit
@@ -145,8 +146,6 @@ def ln_bwd_kernel(grad_out_ptr, ptr_table, grad_table, row_mask_ptr, coef_ptr, a
 # ``python -m bermo.kernels.compile``; keep the two in step.
 # ----------------------------------------------------------------------------------------------------------
 BLOCK_C_CHOICES = (32, 64, 128, 256)
-TORCH_TO_TL = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,
-               torch.float64: tl.float64}
 
 
 def tile_elements(dtype: torch.dtype) -> int:
@@ -172,6 +171,14 @@ def _programs(layout: RowLayout, block_r: int, block_c: int) -> int:
     return triton.cdiv(layout.rows, block_r) * triton.cdiv(layout.cols, block_c)
 
 
+_INTERPRETED = triton_interpreting()  # what the @triton.jit decorators above saw
+
+
+def _check_device(x0: torch.Tensor) -> None:
+    if x0.device.type == "cpu":
+        check_interpreter_mode(_INTERPRETED)
+
+
 def _aligned(layout: RowLayout, tensors, aligned: Optional[bool]) -> bool:
     """The ALIGNED variant to launch: the host check's answer, unless ``aligned=False`` forces the
     element-wise variant (benchmarks compare the two); ``aligned=True`` on unaligned tensors is an error."""
@@ -190,6 +197,7 @@ def mix_forward(tensors: Sequence[torch.Tensor], coef: torch.Tensor, center: tor
     inputs' dtype."""
     layout, views = as_rows(tensors)
     x0 = tensors[0]
+    _check_device(x0)
     out = layout_module.output_like(x0)
     if layout.numel == 0:
         return out
@@ -237,7 +245,7 @@ def ln_stats(tensors: Sequence[torch.Tensor], row_mask: torch.Tensor, aligned: O
     programs = _programs(layout, block_r, block_c)
     partials = layout_module.workspace((programs, 3 * L + 1), acc, x0.device)
     ln_stats_kernel[(programs,)](pointer_table(views, x0.device), row_mask, partials, layout.rows, layout.cols,
-                                 layout.row_stride, L, DTYPE=TORCH_TO_TL[x0.dtype], BLOCK_R=block_r,
+                                 layout.row_stride, L, DTYPE=triton_dtype(x0.dtype), BLOCK_R=block_r,
                                  BLOCK_C=block_c, ALIGNED=_aligned(layout, views, aligned), num_warps=warps)
     return partials[:, 0], partials[:, 1:L + 1], partials[:, L + 1:2 * L + 1], partials[0, 2 * L + 1:]
 
@@ -267,8 +275,9 @@ def ln_backward(grad_out: torch.Tensor, tensors: Sequence[torch.Tensor], row_mas
 # ----------------------------------------------------------------------------------------------------------
 def compile_configurations():
     """Yield ``(label, kernel, signature, constexprs, attrs_div16_arg_names, num_warps)``."""
-    for dtype, tl_dtype in TORCH_TO_TL.items():
-        t, a = str(tl_dtype), str(TORCH_TO_TL[acc_dtype(dtype)])  # e.g. "bf16", "fp32"
+    for dtype in SUPPORTED_DTYPES:
+        tl_dtype = triton_dtype(dtype)
+        t, a = str(tl_dtype), str(triton_dtype(acc_dtype(dtype)))  # e.g. "bf16", "fp32"
         for block_c in BLOCK_C_CHOICES:
             block_r, picked, warps = block_config(dtype, block_c)  # rows of exactly BLOCK_C pick BLOCK_C
             assert picked == block_c
