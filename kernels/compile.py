@@ -69,12 +69,17 @@ def _resource_usage(cubin: bytes):
 _ACCESS = re.compile(r"\b(ld|st)\.global((?:\.[\w:]+)*?)\.([bfsu])(\d+)\s")
 
 
+_ASYNC_COPY = re.compile(r"\bcp\.async\.(?:ca|cg)\.shared\.global(?:\.[\w:]+)*\s+\[[^\]]*\],\s*\[[^\]]*\],\s*(0x[0-9a-fA-F]+|\d+)")
+
+
 def global_accesses(ptx: str):
-    """``[(kind, vector_lanes, bits_per_lane), ...]`` for every ld.global / st.global in ``ptx``."""
+    """``[(kind, vector_lanes, bits_per_lane), ...]`` for every ld.global / st.global in ``ptx``, and the
+    asynchronous global-to-shared copies (``cp.async``, how matrix kernels load their tiles) as loads."""
     out = []
     for kind, quals, _, bits in _ACCESS.findall(ptx):
         vec = re.search(r"\.v(\d)", quals)
         out.append((kind, int(vec[1]) if vec else 1, int(bits)))
+    out += [("ld", 1, 8 * int(nbytes, 0)) for nbytes in _ASYNC_COPY.findall(ptx)]
     return out
 
 
