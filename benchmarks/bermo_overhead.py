@@ -18,7 +18,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import environment, markdown_table, steady_state_malloc, time_interleaved, write_results  # noqa: E402
+from common import (add_output_args, environment, markdown_table, output_dir, steady_state_malloc,  # noqa: E402
+                    time_interleaved, write_results)
 
 from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 
@@ -44,11 +45,12 @@ def build(shape: str, device):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda (default: cuda when there is a GPU)")
+    parser.add_argument("--reps", type=int, default=None,
+                        help="timed repetitions per model and mode (default 15 CPU, 30 GPU)")
     parser.add_argument("--quick", action="store_true", help="tiny model, few repetitions (smoke test)")
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--no-save", action="store_true")
+    add_output_args(parser)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.quick:
@@ -70,6 +72,9 @@ def main(argv=None) -> int:
     labels = torch.randint(0, 2, (B,), generator=gen).to(device)
     print(f"# BERMo overhead on {env['device_name']}: {shape} shape, B={B} T={T} (torch {env['torch']}, "
           f"transformers {env['transformers']})", flush=True)
+    if device.type == "cpu" and not args.quick:
+        print(f"# expect about {reps * 4 * 0.5 / 60 + 0.5:.0f} minutes on two CPU cores "
+              f"({reps} repetitions x 2 models x 2 modes; --quick for a smoke test)", flush=True)
 
     def inference(model):
         model.eval()
@@ -109,7 +114,7 @@ def main(argv=None) -> int:
     table = markdown_table(rows, columns)
     print(table)
     if not args.no_save:
-        for path in write_results("bermo_overhead" + ("_quick" if args.quick else ""), env, rows, table, args.out,
+        for path in write_results("bermo_overhead" + ("_quick" if args.quick else ""), env, rows, table, output_dir(args),
                                   "Interleaved BERT/BERMo steps; overhead = ratio of medians - 1."):
             print(f"wrote {path}")
     return 0

@@ -13,7 +13,36 @@ from typing import Callable, Dict, List, Sequence
 import torch
 from tqdm import tqdm
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS_DIR = os.path.join(HERE, "results")  # committed tables: written only with --record
+RUNS_DIR = os.path.join(HERE, "runs")        # every other run (ignored by git)
+
+
+def add_output_args(parser) -> None:
+    """The options every benchmark shares for where its table and rows go."""
+    parser.add_argument("--out", default=None,
+                        help="folder for this run's .md table and .json rows (default benchmarks/runs, ignored by git)")
+    parser.add_argument("--record", action="store_true",
+                        help="write into benchmarks/results, the tables the project commits (not with --quick)")
+    parser.add_argument("--no-save", action="store_true", help="print the table only")
+
+
+def output_dir(args) -> str:
+    """Where a run writes: --out if given, benchmarks/results with --record (a full run only), else runs/."""
+    if args.out:
+        return args.out
+    if getattr(args, "record", False):
+        if getattr(args, "quick", False):
+            raise SystemExit("--record writes the committed tables: not from a --quick run")
+        return RESULTS_DIR
+    return RUNS_DIR
+
+
+def show_progress() -> bool:
+    """Progress bars only on a terminal: redirected logs stay free of carriage-return noise."""
+    import sys
+
+    return sys.stderr.isatty()
 
 
 def device_name(device: torch.device) -> str:
@@ -112,7 +141,7 @@ def time_interleaved(cases: Dict[str, tuple], device: torch.device, reps: int = 
     synchronize(device)
     times: Dict[str, List[float]] = {name: [] for name in cases}
     order = list(cases)
-    for rep in tqdm(range(reps), desc=desc, leave=False, disable=desc is None):
+    for rep in tqdm(range(reps), desc=desc, leave=False, disable=desc is None or not show_progress()):
         for name in (order if rep % 2 == 0 else order[::-1]):  # alternate who goes first
             fn, setup = cases[name]
             if setup is not None:
@@ -163,7 +192,7 @@ def write_results(name: str, env: Dict[str, str], rows: Sequence[Dict], table: s
     """Write ``<name>_<device>.json`` (environment + rows) and ``.md`` (the table); return their paths.
 
     One file pair per benchmark and device, overwritten by the next run there: the last run on each device."""
-    out_dir = out_dir or RESULTS_DIR
+    out_dir = out_dir or RUNS_DIR
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, f"{name}_{env['device']}-{slug(env['device_name'])}")
     with open(base + ".json", "w") as f:

@@ -25,7 +25,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (copy_bandwidth_gbs, environment, markdown_table, steady_state_malloc,  # noqa: E402
+from common import (add_output_args, copy_bandwidth_gbs, environment, markdown_table, output_dir,  # noqa: E402
+                    steady_state_malloc,
                     time_interleaved, write_results)
 
 from bermo import ScalarMix  # noqa: E402
@@ -211,15 +212,27 @@ COLUMNS = [("shape", "shape", ""), ("dtype", "dtype", ""), ("mode", "mode", ""),
            ("peak MiB", "peak_mb", "{:.0f}"), ("max rel err", "max_rel_err", "{:.1e}")]
 
 
+COLUMN_NOTES = (
+    "Columns: median/p20/p80 ms of the whole call (on a GPU this includes the host's launch overhead, which "
+    "dominates at these sizes: benchmarks/scalar_mix_kernels.py times the kernels alone); GB/s = the minimum "
+    "bytes any implementation must move (forward (L+1)N, backward (2L+1)N, full (3L+2)N elements) / median "
+    "time; % copy BW = that over the device's measured copy_ bandwidth (above 100% means the data came partly "
+    "from caches, as at small sizes on a CPU); x allennlp / x compile = their median over this provider's; "
+    "peak MiB = GPU memory allocated by one call beyond its inputs; max rel err = max |x - ref| / max |ref| "
+    "against float64 over the output and every gradient.")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda (default: cuda when there is a GPU)")
     parser.add_argument("--quick", action="store_true", help="one small shape, few repetitions (smoke test)")
-    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions per provider (default 20 CPU, 50 GPU)")
     parser.add_argument("--modes", nargs="+", default=["forward", "backward", "full"],
-                        choices=["forward", "backward", "full"])
-    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
-    parser.add_argument("--no-save", action="store_true")
+                        choices=["forward", "backward", "full"], help="which passes to time")
+    parser.add_argument("--shape", nargs=4, type=int, action="append", metavar=("B", "T", "H", "L"),
+                        help="your own shape: batch, tokens, width, layers (repeat for several)")
+    add_output_args(parser)
     parser.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16", "float16", "float64"],
                         help="dtypes to run (default: float32 on CPU, bfloat16 and float32 on GPU)")
     parser.add_argument("--layer-norm", action="store_true",
@@ -239,6 +252,8 @@ def main(argv=None) -> int:
         dtypes, reps = [torch.float32], args.reps or 20
     if args.dtypes:
         dtypes = [getattr(torch, d) for d in args.dtypes]
+    if args.shape:
+        shapes = [tuple(s) for s in args.shape]
     env = environment(device)
     copy_bw = copy_bandwidth_gbs(device)
     print(f"# ScalarMix benchmark on {env['device_name']} (torch {env['torch']}, triton {env['triton']}); "
@@ -250,14 +265,15 @@ def main(argv=None) -> int:
             rows += bench_case(shape, dtype, device, args.modes, reps, copy_bw, args.layer_norm)
     for r in rows:
         r["copy_bw_gbs"] = copy_bw
-    table = markdown_table(rows, COLUMNS)
+    columns = [c for c in COLUMNS if any(r.get(c[1]) is not None for r in rows)]  # peak MiB: GPU only
+    table = markdown_table(rows, columns)
     print(table)
+    print(COLUMN_NOTES)
     if not args.no_save:
-        notes = (f"Measured copy bandwidth: {copy_bw:.1f} GB/s. Bytes counted: forward (L+1)N, backward (2L+1)N, "
-                 "full (3L+2)N elements. Errors against float64 (see the script's docstring). "
+        notes = (f"Measured copy bandwidth: {copy_bw:.1f} GB/s. " + COLUMN_NOTES + " "
                  + ("glibc malloc in steady state (no trimming/mmap) for every provider." if steady else ""))
         name = "scalar_mix" + ("_layer_norm" if args.layer_norm else "") + ("_quick" if args.quick else "")
-        for path in write_results(name, env, rows, table, args.out, notes):
+        for path in write_results(name, env, rows, table, output_dir(args), notes):
             print(f"wrote {path}")
     # Three-way parity: bermo's error against float64 must stay within the dtype's tolerance, or within 4x the
     # error of AllenNLP's eager loop in the same dtype.

@@ -26,7 +26,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import copy_bandwidth_gbs, environment, markdown_table, time_fn, write_results  # noqa: E402
+from common import (add_output_args, copy_bandwidth_gbs, environment, markdown_table, output_dir,  # noqa: E402
+                    time_fn, write_results)
 
 
 def _timer(device):
@@ -190,8 +191,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="one tiny shape (a smoke test of the script)")
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"],
                         choices=["float32", "bfloat16", "float16", "float64"], help="dtypes to run")
-    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
-    parser.add_argument("--no-save", action="store_true", help="print the table only")
+    add_output_args(parser)
     parser.add_argument("--profile-host", action="store_true",
                         help="also print where the host time of a ScalarMix call goes (cProfile)")
     parser.add_argument("--tune", action="store_true",
@@ -239,7 +239,7 @@ def main(argv=None) -> int:
         for row in rows:
             row["copy_bw_gbs"] = copy_bw
         for path in write_results("scalar_mix_kernels" + ("_quick" if args.quick else ""), env, rows, table,
-                                  args.out, notes):
+                                  output_dir(args), notes):
             print(f"wrote {path}")
     return 0
 

@@ -1,0 +1,177 @@
+"""Benchmark bermo.masked_linear against dense nn.Linear and the eager masked linear of today's movement-pruning
+code, side by side in one run.
+
+    python benchmarks/masked_linear.py [--quick] [--device cpu|cuda] [--densities 1.0 0.5 0.1] [--record]
+
+Providers: ``dense`` (``F.linear(x, W, b)``: no pruning at all), ``eager masked`` (``F.linear(x, W * M, b)`` with
+the block mask expanded to the weight and a straight-through float mask that needs a gradient, as the
+movement-pruning reference code does it) and ``bermo`` (``bermo.masked_linear``, auto backend: Triton on a GPU,
+the C++ kernels on a CPU). Modes: ``forward`` (autograd on, as in training) and ``train step`` (forward and
+backward with the gradients of x, W, b and the mask scores). Shapes are BERT-base's (768x768 attention,
+3072x768 FFN in, 768x3072 FFN out) at 1024 tokens on a CPU, 4096 on a GPU; float32 on a CPU, bfloat16 on a GPU.
+
+Useful FLOPs: forward ``2 T N K d`` (d = the kept fraction of the weights); train step adds the input gradient
+``2 T N K d`` and the weight/score gradient ``2 T N K`` (dense: the straight-through score gradient needs
+``dY^T X`` at pruned weights too). TFLOP/s = useful FLOPs / median time, for every provider, so a dense
+provider's figure is lower than the work it does. Errors: max |x - ref| / max |ref| against float64 over the
+output and every gradient; the run exits non-zero when bermo's error exceeds the dtype's tolerance and 4x the
+eager masked provider's error.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (add_output_args, environment, markdown_table, output_dir, steady_state_malloc,  # noqa: E402
+                    time_interleaved, write_results)
+
+import bermo.ops.masked_linear  # noqa: E402,F401
+from bermo.ops.masked_linear import expand_mask  # noqa: E402
+
+ml = sys.modules["bermo.ops.masked_linear"]
+PARITY_TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+BLOCKS = {"1x1": lambda N, K: (1, 1), "32x32": lambda N, K: (32, 32), "rows": lambda N, K: (1, K)}
+SHAPES = [(768, 768), (3072, 768), (768, 3072)]  # (out, in)
+
+
+def make_case(T, N, K, block_shape, density, dtype, device, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, K, generator=gen).to(device=device, dtype=dtype)
+    w = (torch.randn(N, K, generator=gen) / K ** 0.5).to(device=device, dtype=dtype)
+    b = torch.randn(N, generator=gen).to(device=device, dtype=dtype)
+    nb = (N // block_shape[0], K // block_shape[1])
+    keep = torch.zeros(nb[0] * nb[1], dtype=torch.bool)
+    keep[torch.randperm(keep.numel(), generator=gen)[:max(1, round(density * keep.numel()))]] = True
+    mask = keep.view(nb).float().to(device)  # a 0/1 float mask: the straight-through topK mask of the scores
+    dy = torch.randn(T, N, generator=gen).to(device=device, dtype=dtype)
+    return x, w, b, mask, dy
+
+
+def providers(block_shape):
+    def dense(x, w, b, m):
+        return F.linear(x, w, b)
+
+    def eager(x, w, b, m):
+        return F.linear(x, w * expand_mask(m, block_shape).to(w.dtype), b)
+
+    def ours(x, w, b, m):
+        return ml.masked_linear(x, w, m, b, block_shape)
+
+    return {"dense": dense, "eager masked": eager, "bermo": ours}
+
+
+def reference(x, w, b, m, dy, block_shape):
+    leaves = [t.detach().double().requires_grad_() for t in (x, w, b, m)]
+    x64, w64, b64, m64 = leaves
+    y = F.linear(x64, w64 * expand_mask(m64, block_shape), b64)
+    return [y.detach(), *torch.autograd.grad(y, leaves, dy.double())]
+
+
+def rel_err(got, want):
+    return max(((a.detach().double().cpu() - r.cpu()).abs().max() / r.abs().max().clamp_min(1e-30)).item()
+               for a, r in zip(got, want))
+
+
+def bench_case(T, N, K, block_name, density, dtype, device, reps):
+    block_shape = BLOCKS[block_name](N, K)
+    x, w, b, mask, dy = make_case(T, N, K, block_shape, density, dtype, device)
+    kept = mask.mean().item()
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, b, mask)]
+    want = reference(x, w, b, mask, dy, block_shape)
+    flops = {"forward": 2 * T * N * K * kept, "train step": 2 * T * N * K * (2 * kept + 1)}
+    cases = {"forward": {}, "train step": {}}
+    errors = {}
+    for name, fn in providers(block_shape).items():
+        y = fn(*leaves)
+        grads = torch.autograd.grad(y, leaves, dy, allow_unused=True)
+        if name == "dense":
+            errors[name] = None  # computes another function (no pruning)
+        else:
+            errors[name] = rel_err([y, *grads], want)
+
+        def forward(fn=fn):
+            return fn(*leaves)
+
+        def step(fn=fn):
+            return torch.autograd.grad(fn(*leaves), leaves, dy, allow_unused=True)
+        cases["forward"][name] = (forward, None)
+        cases["train step"][name] = (step, None)
+    rows = []
+    for mode, mode_cases in cases.items():
+        timings = time_interleaved(mode_cases, device, reps=reps, desc=f"{mode} {N}x{K} {block_name} {density}")
+        for name, t in timings.items():
+            rows.append({"shape": f"{N}x{K} T={T}", "block": block_name, "density": density, "kept": kept,
+                         "dtype": str(dtype).replace("torch.", ""), "mode": mode, "provider": name, **t,
+                         "tflops": flops[mode] / (t["median_ms"] * 1e-3) / 1e12,
+                         "x_eager": timings["eager masked"]["median_ms"] / t["median_ms"],
+                         "x_dense": timings["dense"]["median_ms"] / t["median_ms"],
+                         "max_rel_err": errors[name]})
+    return rows
+
+
+COLUMNS = [("shape", "shape", ""), ("block", "block", ""), ("density", "density", ""), ("mode", "mode", ""),
+           ("provider", "provider", ""), ("median ms", "median_ms", "{:.3f}"), ("p20 ms", "p20_ms", "{:.3f}"),
+           ("p80 ms", "p80_ms", "{:.3f}"), ("useful TFLOP/s", "tflops", "{:.3f}"),
+           ("x eager masked", "x_eager", "{:.2f}x"), ("x dense", "x_dense", "{:.2f}x"),
+           ("max rel err", "max_rel_err", "{:.1e}")]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda (default: cuda when there is a GPU)")
+    parser.add_argument("--quick", action="store_true", help="one small shape, few repetitions (smoke test)")
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions per provider (default 10 CPU, 30 GPU)")
+    parser.add_argument("--tokens", type=int, default=None, help="tokens per batch (default 1024 CPU, 4096 GPU)")
+    parser.add_argument("--densities", nargs="+", type=float, default=[1.0, 0.5, 0.1], help="kept fractions")
+    parser.add_argument("--blocks", nargs="+", default=list(BLOCKS), choices=list(BLOCKS), help="mask block shapes")
+    parser.add_argument("--shape", nargs=2, type=int, action="append", metavar=("OUT", "IN"),
+                        help="your own weight shape (repeat for several; default BERT-base's three)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="default float32 on a CPU, bfloat16 on a GPU")
+    add_output_args(parser)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    if device.type == "cpu":
+        steady_state_malloc()
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if gpu else torch.float32)
+    shapes = [tuple(s) for s in args.shape] if args.shape else SHAPES
+    T = args.tokens or (4096 if gpu else 1024)
+    reps = args.reps or (30 if gpu else 10)
+    densities, blocks = args.densities, args.blocks
+    if args.quick:
+        shapes, T, reps, densities, blocks = [(64, 96)], 64, 3, [1.0, 0.1], ["32x32", "1x1"]
+    env = environment(device)
+    print(f"# masked linear benchmark on {env['device_name']} (torch {env['torch']}, triton {env['triton']}), "
+          f"{T} tokens, {str(dtype).replace('torch.', '')}", flush=True)
+    rows = []
+    for N, K in shapes:
+        for block_name in blocks:
+            for density in densities:
+                case = bench_case(T, N, K, block_name, density, dtype, device, reps)
+                rows += case
+                print("\n".join(markdown_table(case, COLUMNS).splitlines()[2:]), flush=True)  # rows as they come
+    table = markdown_table(rows, COLUMNS)
+    print("\n" + table)
+    if not args.no_save:
+        for path in write_results("masked_linear" + ("_quick" if args.quick else ""), env, rows, table,
+                                  output_dir(args), __doc__.split("\n\n", 2)[2].strip()):
+            print(f"wrote {path}")
+    eager = {(r["shape"], r["block"], r["density"], r["mode"]): r["max_rel_err"] for r in rows
+             if r["provider"] == "eager masked"}
+    bad = [r for r in rows if r["provider"] == "bermo" and not r["max_rel_err"] <= max(
+        PARITY_TOL[dtype], 4 * eager[(r["shape"], r["block"], r["density"], r["mode"])])]
+    for r in bad:
+        print(f"PARITY FAILURE: bermo {r['shape']} {r['block']} {r['density']} {r['mode']}: "
+              f"max rel err {r['max_rel_err']:.2e}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
