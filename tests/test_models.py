@@ -239,3 +239,78 @@ def test_mix_from_a_bert_checkpoint_starts_at_its_configured_values(tmp_path):
     assert model.bert.scalar_mix.gamma.item() == 1.0
     default = BermoForSequenceClassification.from_pretrained(tmp_path, num_labels=2)
     assert [p.item() for p in default.bert.scalar_mix.scalar_parameters] == [0.0] * 4
+
+
+@pytest.mark.parametrize("backend", ["GPU", "cuda", "Triton2", 3])  # not "gpu": that id marks a test GPU-only
+def test_config_rejects_an_unknown_mix_backend(backend):
+    with pytest.raises(ValueError, match=r"mix_backend=.* is not a bermo backend: use None .* 'auto', 'triton', "
+                                         r"'cpu', 'reference'"):
+        tiny_config(mix_backend=backend)
+
+
+@pytest.mark.parametrize("backend", [None, "auto", "triton", "cpu", "reference", " Reference "])
+def test_config_accepts_every_bermo_backend(backend):
+    config = tiny_config(mix_backend=backend)
+    assert config.mix_backend == (None if backend is None else backend.strip().lower())
+
+
+def test_mixing_weights_accessors_read_the_mix_in_every_class():
+    torch.manual_seed(6)
+    initial = [0.4, -0.1, 0.0, 0.9]
+    for model, mix in ((lambda m: (m, m.scalar_mix))(BermoModel(tiny_config(mix_initial_scalars=initial))),
+                       (lambda m: (m, m.bert.scalar_mix))(BermoForSequenceClassification(
+                           tiny_config(mix_initial_scalars=initial)))):
+        assert model.get_scalar_mix() is mix
+        torch.testing.assert_close(model.mixing_weights(), torch.softmax(torch.tensor(initial), 0))
+        with torch.no_grad():
+            mix.gamma.fill_(1.25)
+        assert model.mixing_gamma() == 1.25
+        assert model.mixed_layer_names() == ["embeddings", "layer 1", "layer 2", "layer 3"]
+    subset = BermoModel(tiny_config(mix_layers=[0, -1]))
+    assert subset.mixed_layer_names() == ["embeddings", "layer 3"]
+
+
+def test_saved_config_carries_an_auto_map_to_the_installed_bermo(tmp_path):
+    import json
+
+    model = BermoForSequenceClassification(tiny_config())
+    BermoForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")  # no effect
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["auto_map"] == {"AutoConfig": "bermo_remote_code.BermoConfig",
+                                 "AutoModel": "bermo_remote_code.BermoModel",
+                                 "AutoModelForSequenceClassification": "bermo_remote_code.BermoForSequenceClassification"}
+    shim = (tmp_path / "bermo_remote_code.py").read_text()
+    assert "from bermo.models.modeling_bermo import" in shim and "class " not in shim  # imports, copies nothing
+    assert sorted(p.name for p in tmp_path.glob("*.py")) == ["bermo_remote_code.py"]
+
+
+def test_a_bert_checkpoint_gets_one_bermo_note_instead_of_transformers_warning(tmp_path, monkeypatch):
+    """transformers warns "model of type bert to instantiate a model of type bermo" on every such load; bermo
+    says once, in its own words, that this is expected."""
+    import logging
+    import warnings
+
+    from transformers import BertConfig
+
+    from bermo.models import configuration_bermo
+
+    BertModel(BertConfig(vocab_size=60, hidden_size=24, num_hidden_layers=3, num_attention_heads=2,
+                         intermediate_size=40, max_position_embeddings=32)).save_pretrained(tmp_path)
+    monkeypatch.setattr(configuration_bermo, "_warned_bert_checkpoint", False)
+    records = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = records.append
+    hf_logger = logging.getLogger("transformers")
+    hf_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(2):
+                model = BermoForSequenceClassification.from_pretrained(tmp_path, num_labels=2)
+    finally:
+        hf_logger.removeHandler(handler)
+    assert isinstance(model.config, BermoConfig) and model.config.model_type == "bermo"
+    assert not [r for r in records if "to instantiate a model of type" in r.getMessage()]
+    notes = [w for w in caught if "bermo: building a BERMo model from the BERT checkpoint" in str(w.message)]
+    assert len(notes) == 1, [str(w.message) for w in caught]

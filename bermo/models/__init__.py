@@ -1,14 +1,40 @@
-"""BERMo models on Hugging Face transformers. Importing this package registers them with the Auto classes:
-``AutoConfig`` ("bermo"), ``AutoModel`` and ``AutoModelForSequenceClassification``."""
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+"""BERMo models on Hugging Face transformers.
 
-from .configuration_bermo import BermoConfig
-from .modeling_bermo import (BermoForSequenceClassification, BermoModel, BermoModelOutput, BermoPreTrainedModel,
-                             BermoSequenceClassifierOutput)
+The classes register themselves with transformers' Auto classes: ``AutoConfig`` ("bermo"), ``AutoModel`` and
+``AutoModelForSequenceClassification``. ``import bermo`` is enough for that (see ``_autoregister``); the
+names below are imported on first use, so ``import bermo`` / ``import bermo.models`` stay cheap for users who
+only want ``ScalarMix``.
+"""
+from __future__ import annotations
 
-AutoConfig.register("bermo", BermoConfig, exist_ok=True)
-AutoModel.register(BermoConfig, BermoModel, exist_ok=True)
-AutoModelForSequenceClassification.register(BermoConfig, BermoForSequenceClassification, exist_ok=True)
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["BermoConfig", "BermoForSequenceClassification", "BermoModel", "BermoModelOutput",
-           "BermoPreTrainedModel", "BermoSequenceClassifierOutput"]
+_EXPORTS = {
+    "BermoConfig": "configuration_bermo",
+    "BermoModel": "modeling_bermo",
+    "BermoForSequenceClassification": "modeling_bermo",
+    "BermoModelOutput": "modeling_bermo",
+    "BermoPreTrainedModel": "modeling_bermo",
+    "BermoSequenceClassifierOutput": "modeling_bermo",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # static analysers see ordinary imports
+    from .configuration_bermo import BermoConfig
+    from .modeling_bermo import (BermoForSequenceClassification, BermoModel, BermoModelOutput, BermoPreTrainedModel,
+                                 BermoSequenceClassifierOutput)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,9 +1,27 @@
 """BERMo configuration: a BERT configuration plus the settings of the scalar mix of its layers."""
 from __future__ import annotations
 
+import os
+import shutil
+import warnings
 from typing import List, Optional, Sequence
 
-from transformers import BertConfig
+from transformers import AutoConfig, BertConfig
+
+from ..backends import BACKENDS
+from . import _autoregister
+
+# The module a saved BERMo checkpoint carries for transformers' custom-code mechanism (``trust_remote_code``): it
+# only imports the installed bermo's classes (see remote_code.py), so a checkpoint never freezes a copy of them.
+REMOTE_CODE_MODULE = "bermo_remote_code"
+REMOTE_AUTO_MAP = {
+    "AutoConfig": f"{REMOTE_CODE_MODULE}.BermoConfig",
+    "AutoModel": f"{REMOTE_CODE_MODULE}.BermoModel",
+    "AutoModelForSequenceClassification": f"{REMOTE_CODE_MODULE}.BermoForSequenceClassification",
+}
+_REMOTE_CODE_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "remote_code.py")
+
+_warned_bert_checkpoint = False
 
 
 class BermoConfig(BertConfig):
@@ -17,7 +35,12 @@ class BermoConfig(BertConfig):
         mix_layer_norm: apply AllenNLP's masked layer norm to each representation before mixing (default off).
         mix_initial_scalars: initial values of the mixing scalars ``s`` (default zeros: uniform weights);
             ``gamma`` starts at 1.
-        mix_backend: force a ``bermo.backends`` backend for the mix (default: chosen per device).
+        mix_backend: force a ``bermo.backends`` backend for the mix: ``"auto"``, ``"triton"``, ``"cpu"`` or
+            ``"reference"``. Default ``None``: ``$BERMO_BACKEND`` if set, else chosen per device.
+
+    Saved configurations carry an ``auto_map`` that points transformers' custom-code mechanism at the installed
+    bermo, so ``AutoModel.from_pretrained(path, trust_remote_code=True)`` loads a BERMo checkpoint even in a
+    process that never imported bermo (``import bermo`` alone is enough without ``trust_remote_code``).
     """
 
     model_type = "bermo"
@@ -29,11 +52,57 @@ class BermoConfig(BertConfig):
         self.mix_layers = None if mix_layers is None else [int(i) for i in mix_layers]
         self.mix_layer_norm = bool(mix_layer_norm)
         self.mix_initial_scalars = None if mix_initial_scalars is None else [float(v) for v in mix_initial_scalars]
-        self.mix_backend = mix_backend
+        self.mix_backend = self._checked_backend(mix_backend)
+        # transformers' custom-model mechanism (what register_for_auto_class would write), pointing at the shim
+        # module save_pretrained writes next to config.json; other entries a checkpoint may have are kept.
+        self.auto_map = {**(getattr(self, "auto_map", None) or {}), **REMOTE_AUTO_MAP}
         indices = self.mixed_layer_indices()  # validates mix_layers
         if self.mix_initial_scalars is not None and len(self.mix_initial_scalars) != len(indices):
             raise ValueError(f"mix_initial_scalars has {len(self.mix_initial_scalars)} values but {len(indices)} "
                              f"representations are mixed (mix_layers={self.mix_layers})")
+
+    @staticmethod
+    def _checked_backend(mix_backend: Optional[str]) -> Optional[str]:
+        if mix_backend is None:
+            return None
+        name = mix_backend.strip().lower() if isinstance(mix_backend, str) else None
+        if name not in BACKENDS:
+            raise ValueError(f"mix_backend={mix_backend!r} is not a bermo backend: use None (the default: "
+                             f"$BERMO_BACKEND if set, else chosen per device) or one of "
+                             f"{', '.join(repr(b) for b in BACKENDS)}")
+        return name
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoConfig"):
+        """Nothing to do: every BERMo configuration already carries its ``auto_map`` (see the class docstring).
+        transformers' version would copy this module into checkpoints, which must instead import the installed
+        bermo."""
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """``PretrainedConfig.save_pretrained``, plus the small module named by ``auto_map`` (it imports the
+        installed bermo's classes) for loading with ``trust_remote_code=True``."""
+        if os.path.isfile(save_directory):
+            raise AssertionError(f"Provided path ({save_directory}) should be a directory, not a file")
+        os.makedirs(save_directory, exist_ok=True)
+        shutil.copyfile(_REMOTE_CODE_SOURCE, os.path.join(save_directory, f"{REMOTE_CODE_MODULE}.py"))
+        return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """Reads a checkpoint's configuration; a plain BERT one is taken as a BERMo one, with one note from bermo
+        per process instead of transformers' "model of type bert to instantiate a model of type bermo" warning
+        on every load (BERMo is BERT plus the mix, so this is the expected way to start one)."""
+        global _warned_bert_checkpoint
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type") == "bert" and cls.model_type == "bermo":
+            config_dict = {**config_dict, "model_type": cls.model_type}
+            if not _warned_bert_checkpoint:
+                _warned_bert_checkpoint = True
+                warnings.warn(f"bermo: building a BERMo model from the BERT checkpoint {pretrained_model_name_or_path!s}"
+                              " as intended: the BERT weights load, the scalar mix starts from its configured "
+                              "values (mix_initial_scalars, default uniform; gamma 1) and any task head is new. "
+                              "(Said once per process.)", UserWarning, stacklevel=4)
+        return config_dict, kwargs
 
     def mixed_layer_indices(self) -> List[int]:
         """Indices into ``hidden_states`` (0 .. num_hidden_layers) of the mixed representations, in order."""
@@ -51,3 +120,7 @@ class BermoConfig(BertConfig):
         if len(set(out)) != len(out):
             raise ValueError(f"mix_layers {self.mix_layers} names a representation twice")
         return out
+
+
+AutoConfig.register("bermo", BermoConfig, exist_ok=True)
+_autoregister._register_ready(finishing=__name__)  # a trigger imported while this module was half done

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import nn
+from transformers import AutoModel, AutoModelForSequenceClassification
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions, SequenceClassifierOutput
 from transformers.models.bert.modeling_bert import BertModel, BertPooler, BertPreTrainedModel
 
 from ..nn.scalar_mix import ScalarMix
+from . import _autoregister
 from .configuration_bermo import BermoConfig
 
 try:  # transformers >= 5: initialisers that leave weights loaded from a checkpoint alone
@@ -40,8 +42,36 @@ class BermoSequenceClassifierOutput(SequenceClassifierOutput):
 
 
 class BermoPreTrainedModel(BertPreTrainedModel):
+    """Base of the BERMo models. Where the mix lives: ``BermoModel.scalar_mix``; in models with a head,
+    ``model.bert.scalar_mix``. ``get_scalar_mix()``, ``mixing_weights()``, ``mixing_gamma()`` and
+    ``mixed_layer_names()`` read it the same way in every class."""
+
     config_class = BermoConfig
     base_model_prefix = "bert"  # BERT checkpoints (bare or with a head) load as they are
+
+    def get_scalar_mix(self) -> ScalarMix:
+        """The ``bermo.nn.ScalarMix`` that mixes the layers (``self.scalar_mix`` or ``self.bert.scalar_mix``)."""
+        return self.base_model.scalar_mix
+
+    def mixing_weights(self) -> torch.Tensor:
+        """The learned normalised weights ``softmax(s)``, one per mixed representation, in the order of
+        ``mixed_layer_names()`` (detached, float32, shape (L,)). They sum to 1; uniform is ``1 / L`` each."""
+        return self.get_scalar_mix().mixing_weights()
+
+    def mixing_gamma(self) -> float:
+        """The learned scale ``gamma`` of the mix (starts at 1)."""
+        return self.get_scalar_mix().gamma.item()
+
+    def mixed_layer_names(self) -> List[str]:
+        """Names of the mixed representations: ``"embeddings"`` (hidden_states[0]) and ``"layer i"`` (the output
+        of encoder layer i, hidden_states[i])."""
+        return ["embeddings" if i == 0 else f"layer {i}" for i in self.config.mixed_layer_indices()]
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoModel"):
+        """Nothing to do: BERMo checkpoints always carry an ``auto_map`` for AutoConfig, AutoModel and
+        AutoModelForSequenceClassification that imports the installed bermo (see ``BermoConfig``).
+        transformers' version would copy this module into checkpoints instead."""
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -148,3 +178,8 @@ class BermoForSequenceClassification(BermoPreTrainedModel):
             return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
         raise ValueError(f"unknown problem_type {self.config.problem_type!r}: use 'regression', "
                          "'single_label_classification' or 'multi_label_classification'")
+
+
+AutoModel.register(BermoConfig, BermoModel, exist_ok=True)
+AutoModelForSequenceClassification.register(BermoConfig, BermoForSequenceClassification, exist_ok=True)
+_autoregister._register_ready(finishing=__name__)  # a trigger imported while this module was half done
