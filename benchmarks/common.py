@@ -150,7 +150,7 @@ def time_interleaved(cases: Dict[str, tuple], device: torch.device, reps: int = 
             times[name].append(_time_once(fn, device))
     out = {}
     for name, t in times.items():
-        q = statistics.quantiles(t, n=10) if len(t) >= 2 else [t[0]] * 9
+        q = statistics.quantiles(t, n=10, method="inclusive") if len(t) >= 2 else [t[0]] * 9
         out[name] = {"median_ms": statistics.median(t), "p20_ms": q[1], "p80_ms": q[7]}
     return out
 

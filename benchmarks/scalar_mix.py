@@ -35,15 +35,17 @@ PARITY_TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, to
 
 
 # ------------------------------------------------------------------------------------------------ providers
-def allennlp_mix(tensors, scalar_parameters, gamma, mask=None):
-    """AllenNLP's ScalarMix.forward data path; with a mask, its masked layer norm of every layer first."""
+def allennlp_mix(tensors, scalar_parameters, gamma, mask=None, tiny=None):
+    """AllenNLP's ScalarMix.forward data path; with a mask, its masked layer norm of every layer first (``tiny``:
+    its eps, by default that of the tensors' dtype)."""
     normed_weights = torch.split(torch.softmax(torch.cat(list(scalar_parameters)), dim=0), 1)
     if mask is None:
         pieces = [weight * tensor for weight, tensor in zip(normed_weights, tensors)]
         return gamma * sum(pieces)
     broadcast_mask = mask.unsqueeze(-1)
     num_elements_not_masked = torch.sum(mask) * tensors[0].size(-1)
-    tiny = 1e-13 if tensors[0].dtype in (torch.float32, torch.float64) else 1e-4
+    if tiny is None:
+        tiny = 1e-13 if tensors[0].dtype in (torch.float32, torch.float64) else 1e-4
 
     def layer_norm(tensor):
         tensor_masked = tensor * broadcast_mask
@@ -92,7 +94,7 @@ def reference(layers, module, grad_out, with_backward, mask=None):
     s = [p.detach().double().requires_grad_() for p in module.scalar_parameters]
     g = module.gamma.detach().double().requires_grad_()
     tiny = 1e-13 if layers[0].dtype in (torch.float32, torch.float64) else 1e-4
-    out = allennlp_mix(xs, s, g) if mask is None else _ln_reference(xs, s, g, mask, tiny)
+    out = allennlp_mix(xs, s, g, mask, tiny)  # float64, with the eps of the inputs' own dtype
     results, scales = [out.detach()], [out.abs().max().item()]
     if with_backward:
         grads = torch.autograd.grad(out, xs + s + [g], grad_out.double())
@@ -105,19 +107,6 @@ def reference(layers, module, grad_out, with_backward, mask=None):
         scales += [t.abs().max().item() for t in grads[:len(xs)]]
         scales += [g.item() * terms.max().item()] * len(s) + [terms.sum().item()]
     return results, scales
-
-
-def _ln_reference(xs, s, g, mask, tiny):
-    """AllenNLP's layer-normed mix in float64, with the eps of the inputs' own dtype."""
-    m = mask.unsqueeze(-1).double()
-    n = mask.sum() * xs[0].shape[-1]
-    w = torch.softmax(torch.cat(s), 0)
-    out = 0
-    for k, x in enumerate(xs):
-        mean = (x * m).sum() / n
-        var = (((x * m) - mean) * m).pow(2).sum() / n
-        out = out + w[k] * (x - mean) / torch.sqrt(var + tiny)
-    return g * out
 
 
 def max_rel_error(got, ref):
