@@ -1,4 +1,5 @@
 """Neural-network modules."""
+from .masked_linear import MaskedLinear
 from .scalar_mix import ScalarMix
 
-__all__ = ["ScalarMix"]
+__all__ = ["MaskedLinear", "ScalarMix"]
