@@ -10,9 +10,9 @@ from bermo.ops.masked_linear import masked_linear  # the function, whatever berm
 from conftest import TRITON_DEVICE
 from helpers import RTOL, assert_close
 
-# The op's backends the module is tested on. The fused "cpu" (C++) and "triton" backends of masked_linear are
-# being written; add each here when it lands (a one-line change), e.g. ["reference", "cpu", "triton"].
-BACKENDS_UNDER_TEST = ["reference"]
+# The op's backends the module is tested on: the eager formula, the C++ kernels and the Triton kernels (through
+# the interpreter on a machine without a GPU, on CUDA tensors where there is one).
+BACKENDS_UNDER_TEST = ["reference", "cpu", "triton"]
 
 METHODS = ["magnitude", "topK", "threshold", "sigmoied_threshold", "l0"]
 STRAIGHT_THROUGH = ["topK", "threshold", "sigmoied_threshold"]
