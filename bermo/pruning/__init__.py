@@ -1,0 +1,45 @@
+"""Movement pruning of BERT-family models (Sanh et al. 2020) on ``bermo.nn.MaskedLinear``.
+
+The workflow:
+
+1. ``prepare(model, method="topK", block_shape=(32, 32))`` turns the encoder linears into MaskedLinear layers;
+2. during fine-tuning, a ``CubicSchedule`` drives the pruning level (``set_pruning_level``: density or
+   threshold), ``regularization`` penalises the scores (threshold methods, l0) with a weight that follows the
+   schedule (``penalty_weight``), and ``distillation_loss`` / ``mix_losses`` distil from an unpruned teacher;
+   ``PruningTrainer`` (``BermoPruningTrainer`` for BERMo) does all of it inside the Hugging Face Trainer;
+3. ``sparsity_report(model)`` says what is kept, per layer and overall.
+
+Names are imported on first use, so ``import bermo.pruning`` does not import the Trainer (and accelerate).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "DEFAULT_TARGETS": "preparation",
+    "prepare": "preparation",
+    "masked_linears": "preparation",
+    "SparsityReport": "report",
+    "sparsity_report": "report",
+    "kept_fraction": "report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # static analysers see ordinary imports
+    from .preparation import DEFAULT_TARGETS, masked_linears, prepare
+    from .report import SparsityReport, kept_fraction, sparsity_report
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
