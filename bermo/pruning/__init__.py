@@ -20,6 +20,11 @@ _EXPORTS = {
     "DEFAULT_TARGETS": "preparation",
     "prepare": "preparation",
     "masked_linears": "preparation",
+    "CubicSchedule": "schedule",
+    "set_pruning_level": "schedule",
+    "level_attribute": "schedule",
+    "regularization": "penalties",
+    "penalty_weight": "penalties",
     "SparsityReport": "report",
     "sparsity_report": "report",
     "kept_fraction": "report",
@@ -28,8 +33,10 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # static analysers see ordinary imports
+    from .penalties import penalty_weight, regularization
     from .preparation import DEFAULT_TARGETS, masked_linears, prepare
     from .report import SparsityReport, kept_fraction, sparsity_report
+    from .schedule import CubicSchedule, level_attribute, set_pruning_level
 
 
 def __getattr__(name: str) -> Any:
