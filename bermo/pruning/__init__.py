@@ -25,6 +25,8 @@ _EXPORTS = {
     "level_attribute": "schedule",
     "regularization": "penalties",
     "penalty_weight": "penalties",
+    "distillation_loss": "distillation",
+    "mix_losses": "distillation",
     "SparsityReport": "report",
     "sparsity_report": "report",
     "kept_fraction": "report",
@@ -33,6 +35,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # static analysers see ordinary imports
+    from .distillation import distillation_loss, mix_losses
     from .penalties import penalty_weight, regularization
     from .preparation import DEFAULT_TARGETS, masked_linears, prepare
     from .report import SparsityReport, kept_fraction, sparsity_report

@@ -1,0 +1,144 @@
+"""bermo.pruning's score penalties, distillation loss and sparsity report, each against its formula written out."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from bermo.nn import MaskedLinear
+from bermo.pruning import distillation_loss, kept_fraction, mix_losses, regularization, sparsity_report
+
+
+class Net(nn.Module):
+    def __init__(self, methods, shapes=((8, 4), (16, 8)), block_shape=(2, 2)):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = nn.ModuleList(MaskedLinear(i, o, method=m, block_shape=block_shape, backend="reference")
+                                    for m, (o, i) in zip(methods, shapes))
+        for layer in self.layers:
+            if layer.scores is not None:
+                layer.reset_scores(torch.randn(layer.blocks_shape))
+        self.head = nn.Linear(8, 2)
+
+
+@pytest.mark.parametrize("method", ["threshold", "sigmoied_threshold"])
+def test_threshold_methods_penalise_the_l1_of_sigmoid_scores_over_all_scores(method):
+    net = Net([method, method])
+    s0, s1 = net.layers[0].scores, net.layers[1].scores  # 4x2 = 8 and 8x4 = 32 scores
+    expected = (torch.sigmoid(s0).sum() + torch.sigmoid(s1).sum()) / 40
+    reg = regularization(net)
+    torch.testing.assert_close(reg, expected)
+    # one mean over all scores, not a mean of the two layers' means
+    assert not math.isclose(reg.item(), (torch.sigmoid(s0).mean() + torch.sigmoid(s1).mean()).item() / 2, rel_tol=1e-4)
+    reg.backward()
+    torch.testing.assert_close(s1.grad, torch.sigmoid(s1) * (1 - torch.sigmoid(s1)) / 40)
+
+
+def test_l0_penalises_the_expected_number_of_kept_blocks():
+    net = Net(["l0", "l0"])
+    beta, gamma, zeta = 2 / 3, -0.1, 1.1
+    scores = torch.cat([layer.scores.detach().flatten() for layer in net.layers])
+    expected = torch.sigmoid(scores - beta * math.log(-gamma / zeta)).sum() / 40
+    torch.testing.assert_close(regularization(net), expected)
+    assert regularization(net).item() == pytest.approx(
+        sum(1 / (1 + math.exp(-(s + 2 / 3 * math.log(11)))) for s in scores.tolist()) / 40, rel=1e-6)
+
+
+def test_density_methods_have_no_penalty_and_mixed_models_penalise_only_their_scores():
+    zero = regularization(Net(["topK", "magnitude"]))
+    assert zero.item() == 0.0 and zero.dtype == torch.float32
+    net = Net(["topK", "sigmoied_threshold"])
+    torch.testing.assert_close(regularization(net), torch.sigmoid(net.layers[1].scores).mean())
+    with pytest.raises(ValueError, match="has no bermo.nn.MaskedLinear"):
+        regularization(nn.Sequential(nn.Linear(3, 3)))
+
+
+def reference_kl(student, teacher, T):
+    """sum_c p_t (log p_t - log p_s) at temperature T, times T^2, averaged over the rows, in float64."""
+    s = torch.log_softmax(student.double() / T, -1)
+    p = torch.softmax(teacher.double() / T, -1)
+    return ((p * (p.log() - s)).sum(-1).mean() * T * T)
+
+
+@pytest.mark.parametrize("T", [1.0, 2.0, 4.5])
+def test_distillation_loss_is_the_tempered_kl_times_t_squared(T):
+    gen = torch.Generator().manual_seed(3)
+    student = torch.randn(5, 3, generator=gen, requires_grad=True)
+    teacher = torch.randn(5, 3, generator=gen, requires_grad=True)
+    loss = distillation_loss(student, teacher, T)
+    torch.testing.assert_close(loss.double(), reference_kl(student, teacher, T), rtol=1e-5, atol=1e-7)
+    loss.backward()
+    assert teacher.grad is None  # the teacher is never trained through it
+    # the gradient wrt the student's logits is T * (softmax(s/T) - softmax(t/T)) / B
+    torch.testing.assert_close(student.grad, T * (torch.softmax(student / T, -1) - torch.softmax(teacher / T, -1)) / 5)
+    # per-token logits (B, L, C): every (b, l) row is an example
+    s3, t3 = torch.randn(2, 4, 3, generator=gen), torch.randn(2, 4, 3, generator=gen)
+    torch.testing.assert_close(distillation_loss(s3, t3, T).double(),
+                               reference_kl(s3.view(8, 3), t3.view(8, 3), T), rtol=1e-5, atol=1e-7)
+
+
+def test_distillation_loss_is_zero_for_equal_logits_and_asymmetric():
+    x = torch.randn(4, 6)
+    assert distillation_loss(x, x.clone(), 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    y = torch.randn(4, 6) * 3
+    assert distillation_loss(x, y, 1.0).item() != pytest.approx(distillation_loss(y, x, 1.0).item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("args, error, match", [
+    ((torch.randn(4, 3), torch.randn(4, 2), 2.0), ValueError, "differ in shape"),
+    ((torch.randn(4, 3), torch.randn(4, 3), 0.0), ValueError, "temperature must be in \\(0, inf\\]"),
+    ((torch.randn(4, 3), torch.randn(4, 3), float("nan")), ValueError, "temperature must be a finite"),
+    ((torch.randn(4, 3), torch.randn(4, 3), -1), ValueError, "temperature must be in"),
+    ((torch.randn(3), torch.randn(3), 2.0), ValueError, "must be \\(batch, ..., classes\\) logits"),
+    ((torch.ones(4, 3, dtype=torch.long), torch.randn(4, 3), 2.0), TypeError, "must be floating point"),
+    (([[0.0, 1.0]], torch.randn(1, 2), 2.0), TypeError, "must be a torch.Tensor"),
+])
+def test_distillation_loss_bad_inputs(args, error, match):
+    with pytest.raises(error, match=match):
+        distillation_loss(*args)
+
+
+def test_mix_losses_weighs_distillation_by_alpha():
+    task, distill = torch.tensor(2.0), torch.tensor(10.0)
+    assert mix_losses(task, distill, 0.25).item() == pytest.approx(0.25 * 10 + 0.75 * 2)
+    assert mix_losses(task, distill, 0.0).item() == 2.0 and mix_losses(task, distill, 1.0).item() == 10.0
+    for alpha in (-0.1, 1.5, float("nan"), None):
+        with pytest.raises(ValueError, match="alpha must be"):
+            mix_losses(task, distill, alpha)
+
+
+def test_sparsity_report_counts_kept_and_removed_weights():
+    net = Net(["topK", "magnitude"])  # weights (8, 4): 8 blocks; (16, 8): 32 blocks; 2x2 blocks
+    net.layers[0].density = 0.5    # 4 blocks of 4 weights kept
+    net.layers[1].density = 0.25   # 8 blocks kept
+    report = sparsity_report(net)
+    first, second = report.layers
+    assert first == {"layer": "layers.0", "method": "topK", "block_shape": (2, 2), "shape": (8, 4), "params": 32,
+                     "kept": 16, "removed": 16, "density": 0.5}
+    assert (second["params"], second["kept"], second["removed"], second["density"]) == (128, 32, 96, 0.25)
+    assert report.total["params"] == 160 and report.total["kept"] == 48 and report.density == pytest.approx(0.3)
+    all_params = 32 + 8 + 128 + 16 + 18  # weights and biases of both layers and the head, without the scores
+    assert report.model["params"] == all_params and report.model["removed"] == 112
+    assert report.model["density"] == pytest.approx((all_params - 112) / all_params)
+    assert report.rows == [first, second, report.total, report.model]
+    assert kept_fraction(net) == pytest.approx(0.3)
+    text = str(report)
+    lines = text.splitlines()
+    assert lines[0] == "| layer | method | block_shape | shape | params | kept | removed | density |"
+    assert "| layers.1 | magnitude | 2x2 | 16x8 | 128 | 32 | 96 | 0.2500 |" in lines
+    assert len(lines) == 2 + 4 and report.markdown() == text
+
+
+def test_sparsity_report_reads_l0_and_threshold_masks_without_drawing():
+    net = Net(["l0", "sigmoied_threshold"])
+    net.layers[1].threshold = 0.5
+    net.train()
+    scores0, scores1 = net.layers[0].scores.detach(), net.layers[1].scores.detach()
+    kept0 = int((torch.clamp(torch.sigmoid(scores0) * 1.2 - 0.1, 0, 1) > 0).sum()) * 4
+    kept1 = int((torch.sigmoid(scores1) > 0.5).sum()) * 4
+    state = torch.random.get_rng_state()
+    report = sparsity_report(net)
+    assert torch.equal(torch.random.get_rng_state(), state)  # no random l0 mask was drawn
+    assert [r["kept"] for r in report.layers] == [kept0, kept1]
+    with pytest.raises(ValueError, match="has no bermo.nn.MaskedLinear"):
+        sparsity_report(nn.Linear(2, 2))
