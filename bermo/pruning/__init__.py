@@ -30,6 +30,10 @@ _EXPORTS = {
     "SparsityReport": "report",
     "sparsity_report": "report",
     "kept_fraction": "report",
+    "PruningConfig": "trainer",
+    "PruningMixin": "trainer",
+    "PruningTrainer": "trainer",
+    "BermoPruningTrainer": "trainer",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -40,6 +44,7 @@ if TYPE_CHECKING:  # static analysers see ordinary imports
     from .preparation import DEFAULT_TARGETS, masked_linears, prepare
     from .report import SparsityReport, kept_fraction, sparsity_report
     from .schedule import CubicSchedule, level_attribute, set_pruning_level
+    from .trainer import BermoPruningTrainer, PruningConfig, PruningMixin, PruningTrainer
 
 
 def __getattr__(name: str) -> Any:
