@@ -96,7 +96,7 @@ def test_topk_density_falls_as_scheduled_and_is_logged(tmp_path):
 
 def test_penalty_and_distillation_are_in_the_loss_and_logged_with_bermo_trainer(tmp_path):
     pytest.importorskip("bermo.models.trainer", reason="BermoTrainer is not in this bermo.models")
-    from bermo.models import BermoTrainingArguments
+    from bermo.models.trainer import BermoTrainingArguments
     from bermo.pruning import BermoPruningTrainer
 
     teacher = bermo(seed=1)
