@@ -119,7 +119,8 @@ def test_no_matching_target_is_a_clear_error_and_changes_nothing():
     with pytest.raises(ValueError, match="no nn.Linear of Sequential matches the default targets.*Pass targets="):
         prepare(plain)
     model = build(BermoForSequenceClassification)
-    with pytest.raises(ValueError, match="no nn.Linear of BermoForSequenceClassification matches targets \\['nothing'\\]"):
+    with pytest.raises(ValueError, match="no nn.Linear of BermoForSequenceClassification matches targets "
+                                         "\\['nothing'\\]"):
         prepare(model, targets=["nothing"])
     with pytest.raises(ValueError, match="target\\(s\\) \\['qurey'\\] match no nn.Linear"):
         prepare(model, block_shape=(8, 8), targets=["query", "qurey"])
