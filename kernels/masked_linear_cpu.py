@@ -18,33 +18,54 @@ rounding). Results are bitwise identical from call to call and for any thread co
 one task in a fixed order, and the dense products are cut into tiles fixed by the shape (``ml_mm`` in the C++
 source) rather than handed to a multi-threaded BLAS call, which may split its sums by the thread count.
 
-Which path runs (``plan``), from the mask as the host sees it (one count of its nonzeros):
+Which path runs (``plan``), from the mask as the host sees it (a count of its nonzeros, and whether it is
+binary):
 
 - ``"blocks"``: block sides both multiples of 16 (16, 32, 64 and their multiples) and the fraction of kept
-  (nonzero) mask blocks at most ``MAX_BLOCK_DENSITY[function]``: the C++ block-sparse kernels, which never read a
-  zero block's weights and do no FLOPs for it.
+  (nonzero) mask blocks at most ``MAX_BLOCK_DENSITY[function]`` (0.6 forward and grad_input, 0.5 grad_weight
+  without the mask gradient; 0.1 for bfloat16 forward / grad_input with a binary mask on an AMX CPU): the C++
+  block-sparse kernels, which never read a zero block's weights and do no FLOPs for it.
 - ``"rows"`` / ``"columns"``: whole rows (bi == K) or whole columns (bo == N), kept fraction at most
-  ``MAX_GATHER_DENSITY``: the kept rows / columns are gathered and a smaller dense product runs.
-- ``"dense"``: everything else (unstructured (1, 1) masks, other block sides, high densities):
-  ``W * expand(M)`` then one dense product, the eager computation.
+  ``MAX_GATHER_DENSITY`` (0.7): the kept rows / columns are gathered and a smaller dense product runs.
+- ``"dense"``: everything else (unstructured (1, 1) masks, other block sides, higher densities):
+  ``W * expand(M)`` then one dense product, the eager computation. Its products run in the accumulation
+  dtype, except forward and grad_input in 16 bits with a binary mask: W * M is then exact in 16 bits and
+  torch's 16-bit product (float32 sums, one rounding; AMX for bfloat16 here, 6-7x faster than float32's) is
+  used. G = dy^T @ x of grad_weight is always a float32 (float64) product.
 
-The thresholds come from measuring each function against the dense path (float32, 1024 tokens, FFN shapes
-3072 x 768 and 768 x 3072, 32 x 32 blocks, on the project's 2-core AVX-512 machine; see the numbers below).
+The thresholds are where the block kernels stop beating the dense path, measured per function (1024 tokens,
+FFN shapes 3072 x 768 and 768 x 3072, one thread, CPU time, on the project's 2-core AVX-512 / AMX Xeon; "a / b"
+= block kernels / dense path in ms, float32 unless said):
+
+    32 x 32 blocks, 3072 x 768   forward        grad_input     grad_weight (kept blocks only)
+      density 0.1                6.7 / 33.8     5.7 / 29.6     7.5 / 29.6
+      density 0.3               13.5 / 33.0    12.9 / 28.0    14.3 / 28.9
+      density 0.5               21.1 / 32.8    20.9 / 29.0    21.8 / 29.1
+      density 0.7               28.9 / 33.3    28.3 / 27.6    28.9 / 28.8
+    crossover by block side      16: ~0.65, 32: ~0.7, 64: ~0.75   16: ~0.5, 32: ~0.6, 64: ~0.65
+    float64, float16 (32 x 32)   ~0.6-0.7 both shapes             ~0.6
+    bfloat16 + AMX, binary mask  0.1: 6.6 / 6.5 (3072 x 768), 5.7 / 7.0 (768 x 3072); 0.05: 3.6 / 5.9
+    rows / columns gathers       0.5: 1.4-1.7x faster than dense, 0.75: 0.9-1.25x, 0.9: 0.75-1.05x
+
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence, Tuple
 
 import torch
 
 from .cpu_extension import extension
-from .dtypes import SUPPORTED_DTYPES, acc_dtype
+from .dtypes import SIXTEEN_BIT, SUPPORTED_DTYPES, acc_dtype
 from .layout import output_like, workspace
 
 # Highest kept-block fraction at which the block kernels beat the dense path (measured, see the module doc).
-MAX_BLOCK_DENSITY = {"forward": 0.5, "grad_input": 0.5, "grad_weight": 0.4}
+MAX_BLOCK_DENSITY = {"forward": 0.6, "grad_input": 0.6, "grad_weight": 0.5}
+# The same where the dense path is a bfloat16 product on a CPU with AMX (a binary mask, so W * M is exact in
+# bfloat16): that product is about 6x faster than float32's, the block kernels compute in float32.
+MAX_BLOCK_DENSITY_AMX_BF16 = {"forward": 0.1, "grad_input": 0.1}
 # Highest kept fraction at which gathering whole rows / columns beats the dense path.
-MAX_GATHER_DENSITY = 0.75
+MAX_GATHER_DENSITY = 0.7
 
 _EMPTY = {}
 
@@ -54,6 +75,16 @@ def _empty(dtype: torch.dtype) -> torch.Tensor:
     if t is None:
         t = _EMPTY[dtype] = torch.empty(0, dtype=dtype)
     return t
+
+
+@functools.lru_cache(maxsize=None)
+def has_amx_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices with AMX (Linux: the amx_bf16 cpuinfo flag)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
+    except OSError:
+        return False
 
 
 def _blocks(weight: torch.Tensor, block_shape: Sequence[int]) -> Tuple[int, int]:
@@ -89,7 +120,18 @@ def kept_fraction(mask: torch.Tensor) -> float:
     return int(torch.count_nonzero(mask)) / mask.numel() if mask.numel() else 0.0
 
 
-def plan(function: str, weight_shape, block_shape, mask: torch.Tensor) -> str:
+def is_binary(mask: torch.Tensor) -> bool:
+    return bool(((mask == 0) | (mask == 1)).all())
+
+
+def product_dtype(dtype: torch.dtype, mask: torch.Tensor) -> torch.dtype:
+    """The dtype of the dense products of forward and grad_input: the 16-bit dtype itself when the mask is
+    binary (then W * M is exact in it, and torch's 16-bit product accumulates in float32 and rounds once),
+    else the accumulation dtype."""
+    return dtype if dtype in SIXTEEN_BIT and is_binary(mask) else acc_dtype(dtype)
+
+
+def plan(function: str, weight_shape, block_shape, mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> str:
     """The path ``function`` ("forward", "grad_input", "grad_weight") takes for this mask: "blocks", "rows",
     "columns" or "dense" (see the module doc). ``grad_weight`` with the mask gradient always computes the dense
     G = dy^T @ x (the mask gradient needs it everywhere), so its plan is only about need_mask_grad=False."""
@@ -98,16 +140,20 @@ def plan(function: str, weight_shape, block_shape, mask: torch.Tensor) -> str:
     density = kept_fraction(mask)
     if bi == K or bo == N:
         return ("rows" if bi == K else "columns") if density <= MAX_GATHER_DENSITY else "dense"
-    if bo % 16 == 0 and bi % 16 == 0 and density <= MAX_BLOCK_DENSITY[function]:
+    limit = MAX_BLOCK_DENSITY[function]
+    if (dtype == torch.bfloat16 and function in MAX_BLOCK_DENSITY_AMX_BF16 and has_amx_bf16()
+            and product_dtype(dtype, mask) == dtype):
+        limit = MAX_BLOCK_DENSITY_AMX_BF16[function]
+    if bo % 16 == 0 and bi % 16 == 0 and density <= limit:
         return "blocks"
     return "dense"
 
 
-def _masked_weight(weight: torch.Tensor, mask: torch.Tensor, bo: int, bi: int, acc: torch.dtype) -> torch.Tensor:
-    """W * expand(M) in the accumulation dtype, one broadcast multiply."""
+def _masked_weight(weight: torch.Tensor, mask: torch.Tensor, bo: int, bi: int, dtype: torch.dtype) -> torch.Tensor:
+    """W * expand(M) in ``dtype``, one broadcast multiply."""
     N, K = weight.shape
-    w = weight.to(acc).view(N // bo, bo, K // bi, bi)
-    return (w * mask.view(N // bo, 1, K // bi, 1)).view(N, K)
+    w = weight.to(dtype).view(N // bo, bo, K // bi, bi)
+    return (w * mask.to(dtype).view(N // bo, 1, K // bi, 1)).view(N, K)
 
 
 def _kept_index(mask_line: torch.Tensor, side: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -122,9 +168,15 @@ def _mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: Optional[torc
     return out
 
 
-def _acc_out(out: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
-    """Where a dense product in the accumulation dtype goes: ``out`` itself when it has that dtype."""
-    return out if out.dtype == acc else torch.empty(out.shape, dtype=acc)
+def _out_in(out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Where a dense product in ``dtype`` goes: ``out`` itself when it has that dtype."""
+    return out if out.dtype == dtype else torch.empty(out.shape, dtype=dtype)
+
+
+def _finish(y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    if y is not out:
+        out.copy_(y)
+    return out
 
 
 def forward(x2d: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: Optional[torch.Tensor],
@@ -136,36 +188,34 @@ def forward(x2d: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: O
     N = weight.shape[0]
     if K != weight.shape[1]:
         raise ValueError(f"masked_linear: input has {K} features, weight expects {weight.shape[1]}")
-    b = None if bias is None else bias.detach().to(acc).contiguous()
-    if b is not None and tuple(b.shape) != (N,):
-        raise ValueError(f"masked_linear: bias shape {tuple(b.shape)} != {(N,)}")
+    if bias is not None and tuple(bias.shape) != (N,):
+        raise ValueError(f"masked_linear: bias shape {tuple(bias.shape)} != {(N,)}")
     out = output_like(x2d, (T, N))
     if T == 0:
         return out
-    path = plan("forward", weight.shape, (bo, bi), mask)
+    path = plan("forward", weight.shape, (bo, bi), mask, x2d.dtype)
     if path == "blocks":
-        extension().ml_forward(x2d, weight, mask, _empty(acc) if b is None else b, bo, bi, out)
-    elif path == "rows":
+        b = _empty(acc) if bias is None else bias.detach().to(acc).contiguous()
+        extension().ml_forward(x2d, weight, mask, b, bo, bi, out)
+        return out
+    pd = product_dtype(x2d.dtype, mask)
+    b = None if bias is None else bias.detach().to(pd).contiguous()
+    if path == "rows":
         idx, m = _kept_index(mask[:, 0], bo)
-        wk = weight.index_select(0, idx).to(acc) * m.unsqueeze(1)
-        yk = _mm(x2d.to(acc), wk.t(), torch.empty(T, idx.numel(), dtype=acc),
+        wk = weight.index_select(0, idx).to(pd) * m.to(pd).unsqueeze(1)
+        yk = _mm(x2d.to(pd), wk.t(), torch.empty(T, idx.numel(), dtype=pd),
                  None if b is None else b.index_select(0, idx))
         if b is None:
             out.zero_()
         else:
             out.copy_(b.unsqueeze(0).expand(T, N))
         out.index_copy_(1, idx, yk.to(out.dtype))
-    elif path == "columns":
+        return out
+    if path == "columns":
         idx, m = _kept_index(mask[0], bi)
-        wk = weight.index_select(1, idx).to(acc) * m.unsqueeze(0)
-        y = _mm(x2d.index_select(1, idx).to(acc), wk.t(), _acc_out(out, acc), b)
-        if y is not out:
-            out.copy_(y)
-    else:
-        y = _mm(x2d.to(acc), _masked_weight(weight, mask, bo, bi, acc).t(), _acc_out(out, acc), b)
-        if y is not out:
-            out.copy_(y)
-    return out
+        wk = weight.index_select(1, idx).to(pd) * m.to(pd).unsqueeze(0)
+        return _finish(_mm(x2d.index_select(1, idx).to(pd), wk.t(), _out_in(out, pd), b), out)
+    return _finish(_mm(x2d.to(pd), _masked_weight(weight, mask, bo, bi, pd).t(), _out_in(out, pd), b), out)
 
 
 def grad_input(dy2d: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, block_shape) -> torch.Tensor:
@@ -179,26 +229,23 @@ def grad_input(dy2d: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, blo
     out = output_like(dy2d, (T, K))
     if T == 0:
         return out
-    path = plan("grad_input", weight.shape, (bo, bi), mask)
+    path = plan("grad_input", weight.shape, (bo, bi), mask, dy2d.dtype)
     if path == "blocks":
         extension().ml_grad_input(dy2d, weight, mask, bo, bi, out)
-    elif path == "rows":
+        return out
+    pd = product_dtype(dy2d.dtype, mask)
+    if path == "rows":
         idx, m = _kept_index(mask[:, 0], bo)
-        wk = weight.index_select(0, idx).to(acc) * m.unsqueeze(1)
-        y = _mm(dy2d.index_select(1, idx).to(acc), wk, _acc_out(out, acc))
-        if y is not out:
-            out.copy_(y)
-    elif path == "columns":
+        wk = weight.index_select(0, idx).to(pd) * m.to(pd).unsqueeze(1)
+        return _finish(_mm(dy2d.index_select(1, idx).to(pd), wk, _out_in(out, pd)), out)
+    if path == "columns":
         idx, m = _kept_index(mask[0], bi)
-        wk = weight.index_select(1, idx).to(acc) * m.unsqueeze(0)
-        yk = _mm(dy2d.to(acc), wk, torch.empty(T, idx.numel(), dtype=acc))
+        wk = weight.index_select(1, idx).to(pd) * m.to(pd).unsqueeze(0)
+        yk = _mm(dy2d.to(pd), wk, torch.empty(T, idx.numel(), dtype=pd))
         out.zero_()
         out.index_copy_(1, idx, yk.to(out.dtype))
-    else:
-        y = _mm(dy2d.to(acc), _masked_weight(weight, mask, bo, bi, acc), _acc_out(out, acc))
-        if y is not out:
-            out.copy_(y)
-    return out
+        return out
+    return _finish(_mm(dy2d.to(pd), _masked_weight(weight, mask, bo, bi, pd), _out_in(out, pd)), out)
 
 
 def grad_weight(dy2d: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, block_shape,
@@ -214,7 +261,7 @@ def grad_weight(dy2d: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, mas
     gw = output_like(weight)
     gm = output_like(mask) if need_mask_grad else None
     dya, xa = dy2d.to(acc), x2d.to(acc)
-    path = "dense" if need_mask_grad else plan("grad_weight", weight.shape, (bo, bi), mask)
+    path = "dense" if need_mask_grad else plan("grad_weight", weight.shape, (bo, bi), mask, weight.dtype)
     if path == "blocks":
         extension().ml_grad_weight_kept(dya.contiguous(), xa.contiguous(), mask, bo, bi, gw)
     elif path == "rows":

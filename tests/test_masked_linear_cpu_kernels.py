@@ -53,6 +53,7 @@ def force(monkeypatch, ml, path):
     """Make the launchers take ``path`` wherever the block shape allows it."""
     blocks = 2.0 if path == "blocks" else -1.0
     monkeypatch.setattr(ml, "MAX_BLOCK_DENSITY", {k: blocks for k in ("forward", "grad_input", "grad_weight")})
+    monkeypatch.setattr(ml, "MAX_BLOCK_DENSITY_AMX_BF16", {k: blocks for k in ("forward", "grad_input")})
     monkeypatch.setattr(ml, "MAX_GATHER_DENSITY", 2.0 if path in ("rows", "columns") else -1.0)
 
 
@@ -144,7 +145,7 @@ def test_parity(ml, monkeypatch, dtype, bs, nk, path, kind):
     force(monkeypatch, ml, path)
     x, w, b, dy, mask = make_case(dtype, N, K, block_shape, kind)
     for function in ("forward", "grad_input", "grad_weight"):
-        assert ml.plan(function, w.shape, block_shape, mask) == path
+        assert ml.plan(function, w.shape, block_shape, mask, dtype) == path
     check_all(ml, x, w, b, dy, mask, block_shape)
 
 
@@ -193,12 +194,15 @@ def test_zero_blocks_never_read(ml, monkeypatch, dtype, path, bs):
     assert torch.isnan(gm[~kept]).all()
 
 
+@pytest.mark.parametrize("kind", ["half", "half-l0"])
 @pytest.mark.parametrize("path", ["blocks", "dense"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=lambda d: str(d).split(".")[-1])
-def test_16bit_rounded_once(ml, monkeypatch, dtype, path):
-    """16-bit results are the float32 sums (bias included) rounded once to nearest."""
+def test_16bit_rounded_once(ml, monkeypatch, dtype, path, kind):
+    """16-bit results are the float32 sums (bias included) rounded once to nearest: the block kernels; the
+    dense float32 product (float mask values); torch's 16-bit product (binary masks, W * M exact in 16 bits)."""
     force(monkeypatch, ml, path)
-    x, w, b, dy, mask = make_case(dtype, 64, 128, (32, 32), "half-l0")
+    x, w, b, dy, mask = make_case(dtype, 64, 128, (32, 32), kind)
+    assert ml.product_dtype(dtype, mask) == (dtype if kind == "half" else torch.float32)
     ref = reference(x, w, b, dy, mask, 32, 32)
     assert_rounds_to_nearest(ml.forward(x, w, mask, b, (32, 32)), ref["y"])
     assert_rounds_to_nearest(ml.grad_input(dy, w, mask, (32, 32)), ref["dx"])
@@ -263,6 +267,10 @@ def test_plan_follows_density(ml):
     assert ml.plan("forward", w_shape, (1, 512), torch.zeros(256, 1)) == "rows"
     assert ml.plan("grad_input", w_shape, (256, 1), torch.zeros(1, 512)) == "columns"
     assert ml.plan("forward", w_shape, (1, 512), torch.ones(256, 1)) == "dense"
+    if ml.has_amx_bf16():  # a binary mask: the dense bfloat16 product is AMX's, the block kernels float32's
+        half = make_mask((8, 16), "half", torch.float32, torch.Generator().manual_seed(0))
+        assert ml.plan("forward", w_shape, (32, 32), half, torch.bfloat16) == "dense"
+        assert ml.plan("forward", w_shape, (32, 32), sparse, torch.bfloat16) == "blocks"
 
 
 def test_bad_shapes(ml):

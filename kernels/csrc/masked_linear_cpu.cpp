@@ -23,6 +23,10 @@
 #include <immintrin.h>
 #endif
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -572,16 +576,24 @@ void ml_grad_epilogue(const at::Tensor& g, const at::Tensor& w, const at::Tensor
 extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
 
 namespace {
-// Makes BLAS calls on this thread single-threaded while alive. Inside a parallel region MKL still plans its
-// work for the global thread count (splitting the sums of a long reduction differently for 1 and 2 threads,
-// and then running the parts one after another), so the thread-local count is set explicitly.
+// Makes BLAS calls on this thread single-threaded while alive. Inside a parallel region MKL and oneDNN (torch's
+// 16-bit products) still plan their work for the global thread count (MKL, for one, splits the sums of a long
+// reduction differently for 1 and 2 threads, then runs the parts one after another), so this thread's counts
+// are set to one explicitly: MKL's thread-local count, and OpenMP's for the current task (what oneDNN reads).
 struct SequentialBlas {
-  int previous = 0;
+  int mkl_previous = 0, omp_previous = 1;
   SequentialBlas() {
-    if (MKL_Set_Num_Threads_Local) previous = MKL_Set_Num_Threads_Local(1);
+    if (MKL_Set_Num_Threads_Local) mkl_previous = MKL_Set_Num_Threads_Local(1);
+#ifdef _OPENMP
+    omp_previous = omp_get_max_threads();
+    omp_set_num_threads(1);
+#endif
   }
   ~SequentialBlas() {
-    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous);
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(mkl_previous);
+#ifdef _OPENMP
+    omp_set_num_threads(omp_previous);
+#endif
   }
   SequentialBlas(const SequentialBlas&) = delete;
   SequentialBlas& operator=(const SequentialBlas&) = delete;
