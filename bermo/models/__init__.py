@@ -3,7 +3,7 @@
 The classes register themselves with transformers' Auto classes: ``AutoConfig`` ("bermo"), ``AutoModel`` and
 ``AutoModelForSequenceClassification``. ``import bermo`` is enough for that (see ``_autoregister``); the
 names below are imported on first use, so ``import bermo`` / ``import bermo.models`` stay cheap for users who
-only want ``ScalarMix``.
+only want ``ScalarMix`` and ``mix_parameter_groups`` does not pull in the Trainer.
 """
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ _EXPORTS = {
     "BermoModelOutput": "modeling_bermo",
     "BermoPreTrainedModel": "modeling_bermo",
     "BermoSequenceClassifierOutput": "modeling_bermo",
+    "DEFAULT_MIX_LR": "optim",
+    "mix_parameter_groups": "optim",
+    "BermoTrainer": "trainer",
+    "BermoTrainingArguments": "trainer",
+    "plot_mixing_weights": "plotting",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -25,6 +30,9 @@ if TYPE_CHECKING:  # static analysers see ordinary imports
     from .configuration_bermo import BermoConfig
     from .modeling_bermo import (BermoForSequenceClassification, BermoModel, BermoModelOutput, BermoPreTrainedModel,
                                  BermoSequenceClassifierOutput)
+    from .optim import DEFAULT_MIX_LR, mix_parameter_groups
+    from .plotting import plot_mixing_weights
+    from .trainer import BermoTrainer, BermoTrainingArguments
 
 
 def __getattr__(name: str) -> Any:

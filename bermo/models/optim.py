@@ -1,0 +1,85 @@
+"""Optimizer parameter groups that give the scalar mix its own learning rate.
+
+The mix has one scalar per layer plus ``gamma``. Adam-type optimizers move each parameter by about ``lr`` per
+step whatever its gradient's scale, so at a fine-tuning rate such as 5e-5 the scalars move by at most ~0.003
+per 100 steps and the mixing weights stay nearly uniform: the mix does not learn. It needs a larger rate of
+its own (``DEFAULT_MIX_LR``, chosen from ``benchmarks/mix_lr_sweep.py``; see the README), and no weight decay,
+which would pull the scalars to uniform weights and gamma to 0.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import torch
+
+from ..nn.scalar_mix import ScalarMix
+
+# mix_lr used by BermoTrainingArguments unless told otherwise. Measured with benchmarks/mix_lr_sweep.py
+# (MiniLM-L6 on rotten_tomatoes, encoder lr 5e-5; table in benchmarks/results/mix_lr_sweep.md).
+DEFAULT_MIX_LR = 1e-2
+
+_NO_DECAY_PATTERNS = ("bias", "layernorm", "layer_norm", "rmsnorm")
+
+
+def _decays(name: str, module: torch.nn.Module) -> bool:
+    """transformers' rule (Trainer.get_decay_parameter_names): no decay for biases and normalisation weights."""
+    if isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm)) or type(module).__name__.endswith("RMSNorm"):
+        return False
+    lowered = name.lower()
+    return not any(p in lowered for p in _NO_DECAY_PATTERNS)
+
+
+def mix_parameter_groups(model: torch.nn.Module, lr: float, mix_lr: float, weight_decay: float = 0.0,
+                         head_lr: Optional[float] = None) -> List[Dict]:
+    """Parameter groups for a ``torch.optim`` optimizer: the encoder at ``lr``, the scalar mix at ``mix_lr``
+    and the task head at ``head_lr`` (default ``lr``).
+
+    Works for the BERMo models and for any module holding ``bermo.nn.ScalarMix`` modules. Groups:
+
+    * ``"encoder"`` / ``"encoder_no_decay"``: the pretrained body (``model.base_model``, e.g. ``model.bert``)
+      except the mix, with ``weight_decay`` except for biases and normalisation weights (as the HF Trainer);
+    * ``"mix"``: every ScalarMix's scalars and gamma, at ``mix_lr`` and never weight-decayed;
+    * ``"head"`` / ``"head_no_decay"``: everything else (e.g. the classifier), at ``head_lr``.
+
+    Each group carries its ``name``; empty groups and frozen parameters (``requires_grad=False``) are left out.
+    Use as ``torch.optim.AdamW(mix_parameter_groups(model, lr=5e-5, mix_lr=DEFAULT_MIX_LR))``, or through
+    ``BermoTrainer`` with ``BermoTrainingArguments(mix_lr=...)``.
+    """
+    for what, value in (("lr", lr), ("mix_lr", mix_lr), ("weight_decay", weight_decay), ("head_lr", head_lr)):
+        if value is None and what == "head_lr":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError(f"mix_parameter_groups: {what} must be a number >= 0, got {value!r}")
+    head_lr = lr if head_lr is None else head_lr
+
+    mix_params = {id(p) for m in model.modules() if isinstance(m, ScalarMix) for p in m.parameters()}
+    if not mix_params:
+        raise ValueError(f"mix_parameter_groups: {type(model).__name__} holds no bermo.nn.ScalarMix, so there is "
+                         "nothing to give mix_lr to (pass the BERMo model itself, not its encoder or a copy)")
+    base = getattr(model, "base_model", model)
+    body = {id(p) for p in base.parameters()} if base is not model else None  # None: all of it is the body
+
+    groups = {name: [] for name in ("encoder", "encoder_no_decay", "mix", "head", "head_no_decay")}
+    seen = set()
+    for module_name, module in model.named_modules():
+        for param_name, p in module.named_parameters(recurse=False):
+            if id(p) in seen:  # shared (tied) parameters go to one group only
+                continue
+            seen.add(id(p))
+            if not p.requires_grad:
+                continue
+            if id(p) in mix_params:
+                groups["mix"].append(p)
+                continue
+            part = "encoder" if body is None or id(p) in body else "head"
+            full_name = f"{module_name}.{param_name}" if module_name else param_name
+            groups[part if _decays(full_name, module) else f"{part}_no_decay"].append(p)
+
+    settings = {"encoder": (lr, weight_decay), "encoder_no_decay": (lr, 0.0), "mix": (mix_lr, 0.0),
+                "head": (head_lr, weight_decay), "head_no_decay": (head_lr, 0.0)}
+    out = [{"name": name, "params": params, "lr": settings[name][0], "weight_decay": settings[name][1]}
+           for name, params in groups.items() if params]
+    if not any(g["name"] == "mix" for g in out):
+        raise ValueError("mix_parameter_groups: the model's ScalarMix parameters are all frozen "
+                         "(requires_grad=False): nothing to give mix_lr to")
+    return out
