@@ -116,37 +116,49 @@ def _prep(weight: torch.Tensor, mask: torch.Tensor):
     return weight.detach().contiguous(), mask.detach().to(acc).contiguous(), acc
 
 
-def kept_fraction(mask: torch.Tensor) -> float:
-    return int(torch.count_nonzero(mask)) / mask.numel() if mask.numel() else 0.0
-
-
-def is_binary(mask: torch.Tensor) -> bool:
-    return bool(((mask == 0) | (mask == 1)).all())
+def mask_stats(mask: torch.Tensor) -> Tuple[float, bool]:
+    """(fraction of nonzero mask values, whether all are 0 or 1), in one pass over the mask."""
+    if mask.numel() == 0:
+        return 0.0, True
+    mask = mask.detach()
+    if not mask.dtype.is_floating_point or mask.dtype not in (torch.float32, torch.float64):
+        mask = mask.float()
+    count, binary = extension().ml_mask_stats(mask.contiguous())
+    return count / mask.numel(), bool(binary)
 
 
 def product_dtype(dtype: torch.dtype, mask: torch.Tensor) -> torch.dtype:
     """The dtype of the dense products of forward and grad_input: the 16-bit dtype itself when the mask is
     binary (then W * M is exact in it, and torch's 16-bit product accumulates in float32 and rounds once),
     else the accumulation dtype."""
-    return dtype if dtype in SIXTEEN_BIT and is_binary(mask) else acc_dtype(dtype)
+    return dtype if dtype in SIXTEEN_BIT and mask_stats(mask)[1] else acc_dtype(dtype)
+
+
+def _plan(function: str, weight_shape, block_shape, mask: torch.Tensor, dtype: torch.dtype):
+    """(path, dtype of the dense products); the mask is only looked at when the answer depends on it."""
+    N, K = weight_shape
+    bo, bi = (int(s) for s in block_shape)
+    acc = acc_dtype(dtype)
+    gather = bi == K or bo == N
+    blocks = bo % 16 == 0 and bi % 16 == 0
+    sixteen = dtype in SIXTEEN_BIT and function != "grad_weight"
+    if not (gather or blocks or sixteen):
+        return "dense", acc
+    density, binary = mask_stats(mask)
+    pd = dtype if sixteen and binary else acc
+    if gather:
+        return ("rows" if bi == K else "columns") if density <= MAX_GATHER_DENSITY else "dense", pd
+    limit = MAX_BLOCK_DENSITY[function]
+    if pd == torch.bfloat16 and function in MAX_BLOCK_DENSITY_AMX_BF16 and has_amx_bf16():
+        limit = MAX_BLOCK_DENSITY_AMX_BF16[function]
+    return ("blocks" if blocks and density <= limit else "dense"), pd
 
 
 def plan(function: str, weight_shape, block_shape, mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> str:
-    """The path ``function`` ("forward", "grad_input", "grad_weight") takes for this mask: "blocks", "rows",
-    "columns" or "dense" (see the module doc). ``grad_weight`` with the mask gradient always computes the dense
-    G = dy^T @ x (the mask gradient needs it everywhere), so its plan is only about need_mask_grad=False."""
-    N, K = weight_shape
-    bo, bi = (int(s) for s in block_shape)
-    density = kept_fraction(mask)
-    if bi == K or bo == N:
-        return ("rows" if bi == K else "columns") if density <= MAX_GATHER_DENSITY else "dense"
-    limit = MAX_BLOCK_DENSITY[function]
-    if (dtype == torch.bfloat16 and function in MAX_BLOCK_DENSITY_AMX_BF16 and has_amx_bf16()
-            and product_dtype(dtype, mask) == dtype):
-        limit = MAX_BLOCK_DENSITY_AMX_BF16[function]
-    if bo % 16 == 0 and bi % 16 == 0 and density <= limit:
-        return "blocks"
-    return "dense"
+    """The path ``function`` ("forward", "grad_input", "grad_weight") takes for this mask and dtype: "blocks",
+    "rows", "columns" or "dense" (see the module doc). ``grad_weight`` with the mask gradient always computes
+    the dense G = dy^T @ x (the mask gradient needs it everywhere), so its plan is about need_mask_grad=False."""
+    return _plan(function, weight_shape, block_shape, mask, dtype)[0]
 
 
 def _masked_weight(weight: torch.Tensor, mask: torch.Tensor, bo: int, bi: int, dtype: torch.dtype) -> torch.Tensor:
@@ -193,12 +205,11 @@ def forward(x2d: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: O
     out = output_like(x2d, (T, N))
     if T == 0:
         return out
-    path = plan("forward", weight.shape, (bo, bi), mask, x2d.dtype)
+    path, pd = _plan("forward", weight.shape, (bo, bi), mask, x2d.dtype)
     if path == "blocks":
         b = _empty(acc) if bias is None else bias.detach().to(acc).contiguous()
         extension().ml_forward(x2d, weight, mask, b, bo, bi, out)
         return out
-    pd = product_dtype(x2d.dtype, mask)
     b = None if bias is None else bias.detach().to(pd).contiguous()
     if path == "rows":
         idx, m = _kept_index(mask[:, 0], bo)
@@ -229,11 +240,10 @@ def grad_input(dy2d: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, blo
     out = output_like(dy2d, (T, K))
     if T == 0:
         return out
-    path = plan("grad_input", weight.shape, (bo, bi), mask, dy2d.dtype)
+    path, pd = _plan("grad_input", weight.shape, (bo, bi), mask, dy2d.dtype)
     if path == "blocks":
         extension().ml_grad_input(dy2d, weight, mask, bo, bi, out)
         return out
-    pd = product_dtype(dy2d.dtype, mask)
     if path == "rows":
         idx, m = _kept_index(mask[:, 0], bo)
         wk = weight.index_select(0, idx).to(pd) * m.to(pd).unsqueeze(1)

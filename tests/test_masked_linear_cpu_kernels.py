@@ -282,3 +282,17 @@ def test_bad_shapes(ml):
         ml.forward(x, w, torch.ones(2, 3), None, (32, 40))  # 40 does not divide 96
     with pytest.raises(ValueError):
         ml.grad_input(torch.randn(5, 63), w, torch.ones(2, 3), (32, 32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=lambda d: str(d).split(".")[-1])
+def test_mask_stats(ml, dtype):
+    """The one-pass look at a mask that picks the path: kept fraction and binary-ness, over several chunks."""
+    mask = torch.zeros(300_001, dtype=dtype)
+    mask[::7] = 1
+    kept = mask.count_nonzero().item()
+    assert ml.mask_stats(mask) == (kept / mask.numel(), True)
+    mask[200_003] = 0.5
+    assert ml.mask_stats(mask) == ((kept + 1) / mask.numel(), False)
+    mask[200_003] = float("nan")  # a NaN is kept (it is not zero) and not binary
+    assert ml.mask_stats(mask) == ((kept + 1) / mask.numel(), False)
+    assert ml.mask_stats(torch.zeros(0, 3, dtype=dtype)) == (0.0, True)
