@@ -151,8 +151,8 @@ def test_config_errors():
 
 @pytest.mark.slow
 def test_hf_trainer_loss_falls(tmp_path):
-    pytest.importorskip("accelerate", reason="the HF Trainer needs accelerate (a project dependency)")
-    Dataset = pytest.importorskip("datasets", reason="a project dependency").Dataset
+    pytest.importorskip("accelerate", reason="the HF Trainer needs accelerate (bermo[train], in the dev extra)")
+    Dataset = pytest.importorskip("datasets", reason="bermo[train], in the dev extra").Dataset
     from transformers import Trainer, TrainingArguments
 
     torch.manual_seed(5)
@@ -179,7 +179,7 @@ def _minilm_path():
 @pytest.mark.slow
 def test_pretrained_minilm_loads_offline_and_fine_tunes(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    load_dataset = pytest.importorskip("datasets", reason="a project dependency").load_dataset
+    load_dataset = pytest.importorskip("datasets", reason="bermo[train], in the dev extra").load_dataset
     from transformers import AutoTokenizer
 
     path = _minilm_path()
