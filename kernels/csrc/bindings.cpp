@@ -4,8 +4,10 @@
 
 void register_scalar_mix(pybind11::module_& m);
 void register_masked_linear(pybind11::module_& m);
+void register_block_sparse_linear(pybind11::module_& m);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   register_scalar_mix(m);
   register_masked_linear(m);
+  register_block_sparse_linear(m);
 }
