@@ -73,6 +73,21 @@ class BermoPreTrainedModel(BertPreTrainedModel):
         AutoModelForSequenceClassification that imports the installed bermo (see ``BermoConfig``).
         transformers' version would copy this module into checkpoints instead."""
 
+    # ---- bermo.pruning.compress: compressed checkpoints (see bermo/pruning/compressed_checkpoint.py) --------------
+    # A compressed checkpoint loaded into an uncompressed model, or the reverse, is a clear error instead of a
+    # trace of size mismatches (or block-sparse values silently left "missing").
+    @staticmethod
+    def _load_pretrained_model(model, state_dict, checkpoint_files, *args, **kwargs):
+        from ..pruning.compressed_checkpoint import check_checkpoint
+        check_checkpoint(model, state_dict=state_dict, checkpoint_files=checkpoint_files)
+        return BertPreTrainedModel._load_pretrained_model(model, state_dict, checkpoint_files, *args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, *args, **kwargs):
+        from ..pruning.compressed_checkpoint import check_checkpoint
+        check_checkpoint(self, state_dict=state_dict, partial=not strict)
+        return super().load_state_dict(state_dict, strict, *args, **kwargs)
+    # ---- end bermo.pruning.compress -------------------------------------------------------------------------------
+
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, ScalarMix):
@@ -100,6 +115,11 @@ class BermoModel(BermoPreTrainedModel, BertModel):
         self.scalar_mix = ScalarMix(len(config.mixed_layer_indices()), do_layer_norm=config.mix_layer_norm,
                                     initial_scalar_parameters=config.mix_initial_scalars,
                                     backend=config.mix_backend)
+        # bermo.pruning.compress: a compressed config (compressed_layout, pruned_heads) gets its smaller and
+        # block-sparse modules now, before weights are initialised or loaded (compressed_checkpoint.py).
+        if getattr(config, "compressed_layout", None) or getattr(config, "pruned_heads", None):
+            from ..pruning.compressed_checkpoint import rebuild_compressed_layout
+            rebuild_compressed_layout(self)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,

@@ -1,0 +1,329 @@
+"""Compressed BERMo checkpoints: the layout ``bermo.pruning.compress`` records in the config, the modules rebuilt
+from it before a checkpoint's weights load, and the check that a checkpoint and a model agree on it.
+
+What a compressed model's config records (all JSON):
+
+* ``pruned_heads``: ``{layer: [heads]}``, the attention heads removed from each encoder layer, as original head
+  indices (the bookkeeping transformers 4 kept for ``prune_heads``; transformers 5 dropped head pruning, so
+  bermo keeps it). JSON turns the layer keys into strings; both forms are read.
+* ``compressed_layout``: ``{"format": 1, "intermediate_sizes": [...], "linears": {...}}``:
+  ``intermediate_sizes`` holds the FFN width of each encoder layer after dead neurons were removed, and
+  ``linears`` the inference form of each compressed linear, keyed by its path in the base model
+  (``encoder.layer.0.intermediate.dense``): ``{"form": "dense", "shape": [out, in], "bias": bool}`` or
+  ``{"form": "block_sparse", "shape": [out, in], "block_shape": [bo, bi], "nnz": kept_blocks, "bias": bool}``.
+
+The state dict of a compressed base model also holds ``compressed_layout_id``: an int64 fingerprint (CRC-32) of
+the two entries above. A checkpoint carries it, so a loader can tell a compressed checkpoint from an uncompressed
+one without its config, and say so when one is loaded into the other kind of model (instead of a trace of size
+mismatches, or block-sparse values left at their initial values as "missing").
+"""
+from __future__ import annotations
+
+import json
+import warnings
+import zlib
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+LAYOUT_FORMAT = 1
+MARKER = "compressed_layout_id"  # the buffer on the base model; checkpoint keys end with it
+
+
+class CompressedCheckpointError(ValueError):
+    """A compressed checkpoint met an uncompressed model, or the reverse, or another compressed layout."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The layout in the config
+# ----------------------------------------------------------------------------------------------------------
+def pruned_heads_of(config) -> Dict[int, List[int]]:
+    """``config.pruned_heads`` as ``{int layer: sorted heads}`` (JSON gives string keys); ``{}`` when unset."""
+    raw = getattr(config, "pruned_heads", None) or {}
+    return {int(layer): sorted(int(h) for h in heads) for layer, heads in raw.items() if heads}
+
+
+def layout_of(config) -> Optional[dict]:
+    """``config.compressed_layout``, or None for an uncompressed model."""
+    return getattr(config, "compressed_layout", None) or None
+
+
+def layout_id(config) -> Optional[int]:
+    """The fingerprint of ``config``'s compressed layout (CRC-32 of its canonical JSON), None if uncompressed."""
+    layout = layout_of(config)
+    if layout is None:
+        return None
+    canonical = json.dumps({"compressed_layout": layout,
+                            "pruned_heads": {str(k): v for k, v in sorted(pruned_heads_of(config).items())}},
+                           sort_keys=True, separators=(",", ":"))
+    return zlib.crc32(canonical.encode("utf-8"))
+
+
+def set_marker(base_model: nn.Module) -> None:
+    """Register (or refresh) the ``compressed_layout_id`` buffer of a compressed base model."""
+    value = torch.tensor([layout_id(base_model.config)], dtype=torch.int64)
+    if MARKER in base_model._buffers:
+        base_model._buffers[MARKER] = value.to(base_model._buffers[MARKER].device)
+    else:
+        base_model.register_buffer(MARKER, value, persistent=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Module surgery shared by compress and the rebuild
+# ----------------------------------------------------------------------------------------------------------
+def new_linear(in_features: int, out_features: int, bias: bool, like: torch.Tensor) -> nn.Linear:
+    """An ``nn.Linear`` on ``like``'s device and dtype, its storage uninitialised (built on the meta device: no
+    random draw, no warning for zero-size weights)."""
+    with warnings.catch_warnings():  # torch's init warns on zero-size weights even on the meta device
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
+        layer = nn.Linear(in_features, out_features, bias=bias, device="meta", dtype=like.dtype)
+    return layer.to_empty(device=like.device)
+
+
+def sliced_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
+    """A copy of ``linear`` keeping the output rows (``dim=0``) or input columns (``dim=1``) at ``index``."""
+    weight = linear.weight.detach().index_select(dim, index.to(linear.weight.device))
+    bias = linear.bias
+    if bias is not None and dim == 0:
+        bias = bias.detach().index_select(0, index.to(bias.device))
+    out = new_linear(weight.shape[1], weight.shape[0], bias is not None, weight)
+    if weight.device.type != "meta":
+        with torch.no_grad():
+            out.weight.copy_(weight)
+            if bias is not None:
+                out.bias.copy_(bias)
+    return out
+
+
+def head_rows(heads: Iterable[int], head_size: int, device=None) -> torch.Tensor:
+    """The row indices of the projection outputs of ``heads`` (each ``head_size`` rows), in order."""
+    heads = sorted(heads)
+    if not heads:
+        return torch.zeros(0, dtype=torch.long, device=device)
+    return torch.cat([torch.arange(h * head_size, (h + 1) * head_size, device=device) for h in heads])
+
+
+def original_heads(attention: nn.Module, num_heads: int) -> List[int]:
+    """The original indices of the heads an attention module still has, in order (from its ``pruned_heads``)."""
+    pruned = getattr(attention, "pruned_heads", set())
+    return [h for h in range(num_heads) if h not in pruned]
+
+
+def _no_heads_class():
+    from transformers.models.bert.modeling_bert import BertSelfAttention
+
+    class NoAttentionHeads(BertSelfAttention):
+        """Stands in for a ``BertSelfAttention`` whose heads were all pruned: outputs ``(..., 0)`` features (the
+        attention output projection then has no input columns and returns its bias) and empty attention
+        weights ``(batch, 0, T, T)``. A ``BertSelfAttention`` subclass, so transformers records its attentions
+        like the others'."""
+
+        def __init__(self, config, layer_idx=None):
+            nn.Module.__init__(self)
+            self.config = config
+            self.num_attention_heads = 0
+            self.attention_head_size = int(config.hidden_size / config.num_attention_heads)
+            self.all_head_size = 0
+            self.scaling = self.attention_head_size ** -0.5
+            self.is_decoder = config.is_decoder
+            self.is_causal = False
+            self.layer_idx = layer_idx
+
+        def forward(self, hidden_states, attention_mask=None, cache=None, **kwargs):
+            shape = hidden_states.shape[:-1]
+            keys = kwargs.get("encoder_hidden_states")
+            t_k = (keys if keys is not None else hidden_states).shape[-2]
+            weights = hidden_states.new_zeros(shape[0], 0, shape[-1], t_k) if len(shape) == 2 else None
+            return hidden_states.new_zeros(*shape, 0), weights
+
+    return NoAttentionHeads
+
+
+_NO_HEADS = None
+
+
+def no_attention_heads(config, layer_idx=None) -> nn.Module:
+    """A ``NoAttentionHeads`` module (see ``_no_heads_class``): the self-attention of a layer left without heads."""
+    global _NO_HEADS
+    if _NO_HEADS is None:
+        _NO_HEADS = _no_heads_class()
+    return _NO_HEADS(config, layer_idx)
+
+
+def set_head_count(self_attention: nn.Module, num_heads: int) -> None:
+    self_attention.num_attention_heads = num_heads
+    self_attention.all_head_size = num_heads * self_attention.attention_head_size
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rebuilding a compressed layout (BermoModel.__init__ calls this before its weights are initialised or loaded)
+# ----------------------------------------------------------------------------------------------------------
+def _block_sparse_class():
+    try:
+        from ..nn.block_sparse_linear import BlockSparseLinear
+    except ImportError:
+        return None
+    return BlockSparseLinear
+
+
+def empty_block_sparse(shape: Sequence[int], block_shape: Sequence[int], nnz: int, bias: bool,
+                       like: torch.Tensor) -> nn.Module:
+    """A ``BlockSparseLinear`` of ``shape`` with ``nnz`` kept ``block_shape`` blocks, to be overwritten by a
+    checkpoint's values and indices (it is built from a zero weight with the first ``nnz`` blocks kept)."""
+    cls = _block_sparse_class()
+    if cls is None:
+        raise CompressedCheckpointError("this compressed checkpoint has block-sparse layers, but this bermo has no "
+                                        "bermo.nn.BlockSparseLinear to rebuild them with")
+    out_f, in_f = (int(v) for v in shape)
+    bo, bi = (int(v) for v in block_shape)
+    n_blocks = (out_f // bo) * (in_f // bi)
+    if not 0 <= nnz <= n_blocks:
+        raise CompressedCheckpointError(f"compressed layout: {nnz} kept blocks of {block_shape} do not fit a "
+                                        f"{tuple(shape)} weight")
+    # Built on the CPU (or the model's device) even under transformers' meta-device init: the structure (the
+    # indices) must be real; the checkpoint then overwrites values and indices alike.
+    device = like.device if like.device.type != "meta" else torch.device("cpu")
+    mask = torch.zeros(n_blocks, dtype=torch.bool, device=device)
+    mask[:nnz] = True
+    weight = torch.zeros(out_f, in_f, dtype=like.dtype, device=device)
+    b = torch.zeros(out_f, dtype=like.dtype, device=device) if bias else None
+    with torch.device(device):  # overrides transformers' meta-device context inside from_dense
+        return cls.from_dense(weight, b, (bo, bi), mask=mask.view(out_f // bo, in_f // bi))
+
+
+def _prune_heads_in_place(layer: nn.Module, heads: Sequence[int], config, layer_idx: int) -> None:
+    """Remove ``heads`` (original indices) from a fresh ``BertLayer``'s self-attention."""
+    attention = layer.attention
+    sa = attention.self
+    n = config.num_attention_heads
+    already = getattr(attention, "pruned_heads", set())
+    remove = set(heads) - already
+    if not remove:
+        return
+    current = original_heads(attention, n)
+    keep_current = [i for i, h in enumerate(current) if h not in remove]
+    attention.pruned_heads = already | remove
+    if not keep_current:
+        attention.self = no_attention_heads(config, layer_idx)
+        attention.output.dense = sliced_linear(attention.output.dense,
+                                               torch.zeros(0, dtype=torch.long), dim=1)
+        return
+    rows = head_rows(keep_current, sa.attention_head_size)
+    sa.query = sliced_linear(sa.query, rows, 0)
+    sa.key = sliced_linear(sa.key, rows, 0)
+    sa.value = sliced_linear(sa.value, rows, 0)
+    attention.output.dense = sliced_linear(attention.output.dense, rows, 1)
+    set_head_count(sa, len(keep_current))
+
+
+def rebuild_compressed_layout(base_model: nn.Module) -> None:
+    """Give a freshly built BERMo base model the modules its config's compressed layout records: heads pruned
+    per ``pruned_heads``, FFNs resized per ``intermediate_sizes``, block-sparse layers per ``linears``; and the
+    ``compressed_layout_id`` buffer. Nothing to do for an uncompressed config."""
+    config = base_model.config
+    layers = base_model.encoder.layer
+    for i, heads in pruned_heads_of(config).items():
+        if not 0 <= i < len(layers):
+            raise CompressedCheckpointError(f"config.pruned_heads names layer {i}, but the model has "
+                                            f"{len(layers)} layers")
+        bad = [h for h in heads if not 0 <= h < config.num_attention_heads]
+        if bad:
+            raise CompressedCheckpointError(f"config.pruned_heads[{i}] names heads {bad}, but layers have "
+                                            f"{config.num_attention_heads} heads")
+        _prune_heads_in_place(layers[i], heads, config, i)
+    layout = layout_of(config)
+    if layout is None:
+        return
+    if layout.get("format") != LAYOUT_FORMAT:
+        raise CompressedCheckpointError(f"config.compressed_layout has format {layout.get('format')!r}; this bermo "
+                                        f"reads format {LAYOUT_FORMAT}")
+    sizes = layout.get("intermediate_sizes")
+    if sizes is not None:
+        if len(sizes) != len(layers):
+            raise CompressedCheckpointError(f"config.compressed_layout has {len(sizes)} intermediate_sizes for "
+                                            f"{len(layers)} layers")
+        for layer, size in zip(layers, sizes):
+            size = int(size)
+            inter, out = layer.intermediate.dense, layer.output.dense
+            if size != inter.out_features:
+                like = inter.weight
+                layer.intermediate.dense = new_linear(inter.in_features, size, inter.bias is not None, like)
+                layer.output.dense = new_linear(size, out.out_features, out.bias is not None, out.weight)
+    for path, spec in (layout.get("linears") or {}).items():
+        try:
+            current = base_model.get_submodule(path)
+        except AttributeError:
+            raise CompressedCheckpointError(f"config.compressed_layout names {path!r}, which this model lacks") \
+                from None
+        shape = [int(v) for v in spec["shape"]]
+        bias = bool(spec.get("bias", True))
+        have = [current.out_features, current.in_features] if isinstance(current, nn.Linear) else None
+        like = next(current.parameters(), None) if have is not None else None
+        like = like if like is not None else torch.empty(0)
+        if spec["form"] == "dense":
+            if have != shape or (current.bias is not None) != bias:
+                base_model.set_submodule(path, new_linear(shape[1], shape[0], bias, like))
+        elif spec["form"] == "block_sparse":
+            base_model.set_submodule(path, empty_block_sparse(shape, spec["block_shape"], int(spec["nnz"]), bias,
+                                                              like))
+        else:
+            raise CompressedCheckpointError(f"config.compressed_layout: unknown form {spec['form']!r} for {path!r}")
+    set_marker(base_model)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoint against model
+# ----------------------------------------------------------------------------------------------------------
+def _checkpoint_marker(state_dict: Optional[Mapping], checkpoint_files: Optional[Sequence[str]]) -> Optional[int]:
+    """The ``compressed_layout_id`` a checkpoint holds (under any prefix), or None."""
+    def read(tensor_like):
+        t = tensor_like[:] if not isinstance(tensor_like, torch.Tensor) else tensor_like  # safetensors slices
+        return int(torch.as_tensor(t).reshape(-1)[0])
+
+    if state_dict is not None:
+        for key, value in state_dict.items():
+            if key == MARKER or key.endswith("." + MARKER):
+                return read(value)
+        return None
+    for file in checkpoint_files or ():
+        if str(file).endswith(".safetensors"):
+            from safetensors import safe_open
+            with safe_open(file, framework="pt") as f:
+                for key in f.keys():
+                    if key == MARKER or key.endswith("." + MARKER):
+                        return read(f.get_tensor(key))
+        else:
+            sd = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            found = _checkpoint_marker(sd, None)
+            if found is not None:
+                return found
+    return None
+
+
+def check_checkpoint(model: nn.Module, state_dict: Optional[Mapping] = None,
+                     checkpoint_files: Optional[Sequence[str]] = None, partial: bool = False) -> None:
+    """Raise ``CompressedCheckpointError`` when a checkpoint (a state dict, or the files ``from_pretrained``
+    resolved) and ``model`` disagree on being compressed, or on the compressed layout. ``partial`` (a
+    ``load_state_dict(..., strict=False)``): a state dict without the marker may be a part, e.g. a task head;
+    it passes."""
+    config = getattr(model, "config", None)
+    want = layout_id(config) if config is not None else None
+    have = _checkpoint_marker(state_dict, checkpoint_files)
+    if partial and have is None:
+        return
+    if want is None and have is not None:
+        raise CompressedCheckpointError(
+            "cannot load a compressed checkpoint (saved after bermo.pruning.compress: smaller FFNs, pruned heads, "
+            "block-sparse layers) into an uncompressed model. Load it with from_pretrained(path) and the config "
+            "saved beside it, whose compressed_layout and pruned_heads rebuild the compressed modules; do not pass "
+            "the config of an uncompressed model.")
+    if want is not None and have is None:
+        raise CompressedCheckpointError(
+            "cannot load an uncompressed checkpoint into a compressed model (its config has a compressed_layout, "
+            "from bermo.pruning.compress). Load the checkpoint into an uncompressed model (with its own config), "
+            "then prune and compress that.")
+    if want is not None and have != want:
+        raise CompressedCheckpointError(
+            f"the checkpoint was compressed with another layout (id {have}) than this model's config records "
+            f"(id {want}): load it with the config saved beside it.")
