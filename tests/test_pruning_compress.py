@@ -1,0 +1,471 @@
+"""bermo.pruning.compress: every MaskedLinear turned into its exact inference form (smaller dense layers where
+FFN neurons or attention heads are gone, their constants folded into biases; block-sparse or dense W * M layers
+otherwise), compressed checkpoints that save only what is kept and load back into the same modules, and the
+errors for a compressed checkpoint meeting an uncompressed model (or the reverse) and for bad inputs."""
+import os
+
+import pytest
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from bermo.models import BermoConfig, BermoForSequenceClassification, BermoModel
+from bermo.nn import MaskedLinear
+from bermo.pruning import compressed_checkpoint as ckpt
+from bermo.pruning.compress import compress, default_crossover
+
+BlockSparseLinear = ckpt._block_sparse_class()
+needs_block_sparse = pytest.mark.skipif(BlockSparseLinear is None, reason="bermo.nn.BlockSparseLinear not there yet")
+
+DTYPES = [torch.float32, torch.bfloat16]
+# Outputs after LayerNorms (values of order 1): float32 differs by reassociation only; bfloat16 also by where
+# the folded constants were rounded.
+ATOL = {torch.float32: 2e-5, torch.bfloat16: 6e-2}
+BLOCK = (16, 16)
+PRUNED, KEPT = -1.0, 1.0
+
+
+def tiny_config(**kw):
+    base = dict(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                max_position_embeddings=32, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                mix_backend="reference")
+    base.update(kw)
+    return BermoConfig(**base)
+
+
+def batch(B=3, T=9, vocab=60, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (B, T), generator=gen)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[0, 6:] = 0
+    mask[2, 4:] = 0
+    return ids, mask
+
+
+def masked_model(seed=0, cls=BermoForSequenceClassification, block_shape=BLOCK, method="threshold",
+                 keep_prob=1.0, **config_kw):
+    """A tiny BERMo whose encoder linears are MaskedLinear (reference backend), every block kept with probability
+    ``keep_prob`` (threshold method: scores +1 kept, -1 pruned, threshold 0), random nonzero biases (so that a
+    pruned row's constant matters)."""
+    torch.manual_seed(seed)
+    model = cls(tiny_config(**config_kw)).eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0.0, 0.5, generator=gen)
+    for name, module in list(model.named_modules()):
+        if ".encoder.layer." in "." + name and type(module) is nn.Linear:
+            blocks = (module.out_features // block_shape[0], module.in_features // block_shape[1])
+            keep = torch.rand(blocks, generator=gen) < keep_prob
+            scores = torch.where(keep, KEPT, PRUNED) if method == "threshold" else None
+            model.set_submodule(name, MaskedLinear.from_linear(module, method=method, block_shape=block_shape,
+                                                               scores_init=scores, backend="reference"))
+    return model.eval()  # the new MaskedLinears too (l0 draws random masks in training)
+
+
+def linear(model, path):
+    return model.get_submodule(path)
+
+
+def prune_blocks(module, rows=None, cols=None):
+    """Set the scores of the block rows / block columns given to PRUNED (a threshold MaskedLinear)."""
+    with torch.no_grad():
+        if rows is not None:
+            module.scores[rows] = PRUNED
+        if cols is not None:
+            module.scores[:, cols] = PRUNED
+
+
+def outputs(model, dtype=None):
+    ids, mask = batch()
+    with torch.no_grad():
+        if isinstance(model, BermoForSequenceClassification):
+            out = model(ids, attention_mask=mask)
+            return out.logits.float(), model.bert(ids, attention_mask=mask).last_hidden_state.float()
+        out = model(ids, attention_mask=mask)
+        return out.pooler_output.float(), out.last_hidden_state.float()
+
+
+def assert_same_outputs(a, b, dtype):
+    for x, y in zip(a, b):
+        assert x.shape == y.shape
+        err = (x - y).abs().max().item()
+        assert err <= ATOL[dtype], f"max abs difference {err:.3e} > {ATOL[dtype]:.1e}"
+
+
+def compressed_matches(model, dtype=torch.float32, **kw):
+    """Compress ``model`` (cast to ``dtype``), checking its outputs against the masked model's; returns it."""
+    model = model.to(dtype)
+    before = outputs(model)
+    compress(model, **kw)
+    assert not any(isinstance(m, MaskedLinear) for m in model.modules())
+    assert_same_outputs(outputs(model), before, dtype)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------- equivalence
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("keep_prob", [0.3, 0.6])
+def test_random_blocks(dtype, keep_prob):
+    model = compressed_matches(masked_model(seed=3, keep_prob=keep_prob), dtype)
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            assert module.weight.dtype == dtype
+
+
+@pytest.mark.parametrize("method", ["topK", "magnitude", "l0"])
+def test_other_methods_eval_mask(method):
+    """topK / magnitude at density 0.5, and l0 with its float eval mask; compressed in training mode, which must
+    not matter (l0 would draw a random mask)."""
+    model = masked_model(seed=5, method=method)
+    for m in model.modules():
+        if isinstance(m, MaskedLinear):
+            if m.scores is not None:
+                with torch.no_grad():
+                    m.scores.copy_(torch.randn(m.scores.shape) * 3)
+            m.density = 0.5
+    before = outputs(model)
+    model.train()
+    compress(model)
+    model.eval()
+    assert_same_outputs(outputs(model), before, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_ffn_neurons_removed_and_constant_folded(dtype):
+    model = masked_model(seed=7).to(dtype)
+    prefix = "bert.encoder.layer.0."
+    inter = linear(model, prefix + "intermediate.dense")
+    out = linear(model, prefix + "output.dense")
+    prune_blocks(inter, rows=[1, 3])                 # neurons 16..31 and 48..63: act(bias) constants
+    prune_blocks(linear(model, "bert.encoder.layer.1.output.dense"), cols=[0])  # layer 1 neurons 0..15: unread
+    b2 = out.bias.detach().clone()
+    model = compressed_matches(model, dtype)
+    layer0, layer1 = model.bert.encoder.layer
+    assert layer0.intermediate.dense.weight.shape == (32, 32) and layer0.output.dense.weight.shape == (32, 32)
+    assert layer1.intermediate.dense.out_features == 48 and layer1.output.dense.in_features == 48
+    assert model.config.compressed_layout["intermediate_sizes"] == [32, 48]
+    # the pruned rows' GELU(bias) went into the FFN-out bias (they are not zero: dropping them changes the model)
+    assert (layer0.output.dense.bias.float() - b2.float()).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("where", ["value_rows", "output_columns"])
+def test_heads_removed(dtype, where):
+    model = masked_model(seed=11, num_attention_heads=4).to(dtype)  # head size 8: a 16-row block spans two heads
+    prefix = "bert.encoder.layer.1.attention."
+    if where == "value_rows":
+        prune_blocks(linear(model, prefix + "self.value"), rows=[1])        # heads 2, 3 output their value bias
+    else:
+        prune_blocks(linear(model, prefix + "output.dense"), cols=[0])      # heads 0, 1 are read by nothing
+    b_out = linear(model, prefix + "output.dense").bias.detach().clone()
+    model = compressed_matches(model, dtype)
+    removed = [2, 3] if where == "value_rows" else [0, 1]
+    attention = model.bert.encoder.layer[1].attention
+    assert model.config.pruned_heads == {"1": removed}
+    assert attention.pruned_heads == set(removed)
+    assert attention.self.num_attention_heads == 2 and attention.self.all_head_size == 16
+    for name in ("query", "key", "value"):
+        assert getattr(attention.self, name).out_features == 16
+    assert attention.output.dense.in_features == 16
+    folded = (attention.output.dense.bias.float() - b_out.float()).abs().max()
+    assert (folded > 0.05) if where == "value_rows" else (folded == 0)
+    assert model.bert.encoder.layer[0].attention.self.num_attention_heads == 4
+
+
+def test_heads_removed_twice_keep_original_indices():
+    """Heads removed from a layer that already lost some are recorded by their original index."""
+    model = masked_model(seed=12, num_attention_heads=4)
+    attention = model.bert.encoder.layer[0].attention
+    attention.pruned_heads = {0}  # as if head 0 had been removed before: the module now holds heads 1, 2, 3
+    sa = attention.self
+    rows = ckpt.head_rows([1, 2, 3], 8)
+    for name in ("query", "key", "value"):
+        setattr(sa, name, MaskedLinear.from_linear(ckpt.sliced_linear(getattr(sa, name), rows, 0), method="magnitude",
+                                                   block_shape=(8, 8), backend="reference"))
+    attention.output.dense = MaskedLinear.from_linear(ckpt.sliced_linear(attention.output.dense, rows, 1),
+                                                      method="threshold", block_shape=(8, 8),
+                                                      scores_init=torch.tensor([[1.0, -1.0, 1.0]] * 4),
+                                                      backend="reference")
+    ckpt.set_head_count(sa, 3)
+    compressed_matches(model)
+    assert attention.pruned_heads == {0, 2}  # current head 1 is original head 2
+    assert model.config.pruned_heads["0"] == [2]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_fully_pruned_layer(dtype):
+    """Every linear of layer 0 fully pruned: no heads (their value biases folded), no FFN neurons (GELU of the
+    biases folded); the layer still adds its biases through the residual paths."""
+    model = masked_model(seed=13)
+    for name, m in model.named_modules():
+        if isinstance(m, MaskedLinear) and name.startswith("bert.encoder.layer.0."):
+            prune_blocks(m, rows=slice(None))
+    model = compressed_matches(model, dtype)
+    layer = model.bert.encoder.layer[0]
+    assert type(layer.attention.self).__name__ == "NoAttentionHeads"
+    assert layer.attention.output.dense.in_features == 0 and layer.intermediate.dense.out_features == 0
+    assert model.config.pruned_heads == {"0": [0, 1]}
+    ids, mask = batch()
+    model.set_attn_implementation("eager")  # sdpa gives no attention weights
+    with torch.no_grad():  # the attentions of the headless layer are recorded, empty
+        attentions = model(ids, attention_mask=mask, output_attentions=True).attentions
+    assert attentions[0].shape == (3, 0, 9, 9) and attentions[1].shape == (3, 2, 9, 9)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_fully_pruned_query_only(dtype):
+    """A fully pruned layer that takes no structure with it (the query: scores = bias . key): block-sparse with
+    no blocks (only the bias), where BlockSparseLinear is there."""
+    model = masked_model(seed=17).to(dtype)
+    prune_blocks(linear(model, "bert.encoder.layer.1.attention.self.query"), rows=slice(None))
+    model = compressed_matches(model, dtype)
+    assert model.bert.encoder.layer[1].attention.self.num_attention_heads == 2
+    if BlockSparseLinear is not None:
+        assert model.bert.encoder.layer[1].attention.self.query.nnz == 0
+
+
+def test_unprepared_layers_and_bare_model():
+    """A BermoModel (no head) with only some layers masked: the others stay untouched nn.Linear."""
+    torch.manual_seed(0)
+    model = BermoModel(tiny_config()).eval()
+    untouched = model.encoder.layer[0].intermediate.dense
+    target = model.encoder.layer[1].intermediate.dense
+    ml = MaskedLinear.from_linear(target, method="threshold", block_shape=BLOCK, backend="reference",
+                                  scores_init=torch.tensor([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [1.0, 1.0]]))
+    model.encoder.layer[1].intermediate.dense = ml
+    compressed_matches(model)
+    assert model.encoder.layer[0].intermediate.dense is untouched
+    assert model.encoder.layer[1].intermediate.dense.out_features == 48
+    assert model.config.pruned_heads == {}
+
+
+def test_non_bermo_module():
+    """Any module: its MaskedLinears become plain forms, nothing recorded."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32))
+    net[0] = MaskedLinear.from_linear(net[0], method="threshold", block_shape=BLOCK, backend="reference",
+                                      scores_init=torch.tensor([[1.0, -1.0], [-1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]]))
+    x = torch.randn(5, 32)
+    with torch.no_grad():
+        before = net(x)
+        compress(net)
+        assert not isinstance(net[0], MaskedLinear) and net[0].out_features == 64
+        assert torch.allclose(net(x), before, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------- the crossover rule
+def test_crossover_table():
+    assert default_crossover((32, 32)) == 0.5 and default_crossover((1, 1)) == 0.0
+    assert default_crossover((128, 128)) == default_crossover((64, 64))   # nearest measured shape
+    assert default_crossover((16, 1)) == default_crossover((32, 1))
+    assert default_crossover((2, 2)) == 0.0                               # tie (1x1, 4x4): the lower
+    assert default_crossover((32, 32), torch.bfloat16) == 0.0
+    assert default_crossover((32, 32), torch.float16) <= 0.3
+    assert default_crossover((32, 32), torch.float64) == 0.5
+
+
+@needs_block_sparse
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_default_rule_picks_by_density(dtype):
+    """Under the default rule, float32 layers at block density <= 0.5 are block-sparse, denser ones dense;
+    bfloat16 layers are dense unless fully pruned."""
+    model = compressed_matches(masked_model(seed=59, keep_prob=0.5).to(dtype), dtype)
+    seen = set()
+    for path, spec in model.config.compressed_layout["linears"].items():
+        module = model.bert.get_submodule(path)
+        if isinstance(module, BlockSparseLinear):
+            seen.add("block_sparse")
+            assert spec["form"] == "block_sparse" and spec["nnz"] == module.nnz
+            assert module.density <= default_crossover(BLOCK, dtype)
+        else:
+            seen.add("dense")
+            assert spec["form"] == "dense" and type(module) is nn.Linear
+            blocks = (module.out_features // 16) * (module.in_features // 16)
+            kept = (module.weight.reshape(module.out_features // 16, 16, -1, 16) != 0).any(3).any(1).sum()
+            assert blocks == 0 or kept / blocks > default_crossover(BLOCK, dtype)
+    assert seen == ({"block_sparse", "dense"} if dtype == torch.float32 else {"dense"})
+
+
+@needs_block_sparse
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_crossover_forces_each_form(dtype):
+    every = compressed_matches(masked_model(seed=19, keep_prob=0.5), dtype, crossover=1.0)
+    none = compressed_matches(masked_model(seed=19, keep_prob=0.5), dtype, crossover=-1.0)
+    forms = lambda m: {s["form"] for s in m.config.compressed_layout["linears"].values()}  # noqa: E731
+    assert forms(none) == {"dense"}
+    assert "block_sparse" in forms(every)
+    assert any(isinstance(m, BlockSparseLinear) for m in every.modules())
+    assert not any(isinstance(m, BlockSparseLinear) for m in none.modules())
+
+
+@needs_block_sparse
+def test_block_sparse_after_head_removal():
+    """Rows removed along block boundaries leave the rest blockwise: still block-sparse."""
+    model = masked_model(seed=23, num_attention_heads=2, keep_prob=1.0)
+    prune_blocks(linear(model, "bert.encoder.layer.0.attention.self.value"), rows=[0])  # head 0
+    prune_blocks(linear(model, "bert.encoder.layer.0.attention.self.query"), cols=[1])  # half of head 1's query
+    model = compressed_matches(model, crossover=0.6)
+    assert isinstance(model.bert.encoder.layer[0].attention.self.query, BlockSparseLinear)
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def file_size(path):
+    return os.path.getsize(os.path.join(path, "model.safetensors"))
+
+
+def encoder_values(path):
+    """Number of stored floating-point values under encoder keys."""
+    n = 0
+    with safe_open(os.path.join(path, "model.safetensors"), framework="pt") as f:
+        for key in f.keys():
+            if ".encoder." in "." + key:
+                t = f.get_tensor(key)
+                if t.is_floating_point():
+                    n += t.numel()
+    return n
+
+
+@pytest.mark.parametrize("crossover", [None, 1.0], ids=["default_rule", "all_block_sparse"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_save_load_round_trip(tmp_path, dtype, crossover):
+    model = masked_model(seed=29, keep_prob=0.3)
+    prune_blocks(linear(model, "bert.encoder.layer.0.intermediate.dense"), rows=[0])
+    prune_blocks(linear(model, "bert.encoder.layer.1.attention.self.value"), rows=[1])
+    model = model.to(dtype)
+    dense_dir, comp_dir = tmp_path / "dense", tmp_path / "compressed"
+    BermoForSequenceClassification(model.config).to(dtype).save_pretrained(dense_dir)  # an unpruned model's size
+    compress(model, crossover=crossover)
+    if crossover == 1.0 and BlockSparseLinear is not None:
+        assert any(isinstance(m, BlockSparseLinear) for m in model.modules())
+    expected = outputs(model)
+    model.save_pretrained(comp_dir)
+    loaded = BermoForSequenceClassification.from_pretrained(comp_dir, dtype=dtype).eval()
+    for a, b in zip(outputs(loaded), expected):
+        assert torch.equal(a, b)
+    assert [type(m) for m in loaded.modules()] == [type(m) for m in model.modules()]
+    assert loaded.config.compressed_layout == model.config.compressed_layout
+    assert loaded.config.pruned_heads == model.config.pruned_heads and 1 in loaded.config.pruned_heads["1"]
+    assert file_size(comp_dir) < file_size(dense_dir)
+    # only kept values are stored: at most the dense layers' weights plus the block-sparse layers' kept blocks
+    stored = encoder_values(comp_dir)
+    kept = 0
+    for spec in model.config.compressed_layout["linears"].values():
+        out_f, in_f = spec["shape"]
+        if spec["form"] == "dense":
+            kept += out_f * in_f
+        else:
+            kept += spec["nnz"] * spec["block_shape"][0] * spec["block_shape"][1]
+        kept += out_f if spec["bias"] else 0
+    layernorms = 2 * 2 * 2 * 32
+    assert stored == kept + layernorms
+
+
+@needs_block_sparse
+def test_checkpoint_size_tracks_density(tmp_path):
+    sizes = {}
+    for keep_prob in (0.25, 0.75):
+        model = masked_model(seed=31, keep_prob=keep_prob)
+        compress(model, crossover=1.0)  # every blockwise layer block-sparse
+        model.save_pretrained(tmp_path / str(keep_prob))
+        sizes[keep_prob] = encoder_values(tmp_path / str(keep_prob))
+    assert sizes[0.25] < 0.6 * sizes[0.75]
+
+
+def test_auto_model_loads_compressed_classifier(tmp_path):
+    from transformers import AutoModel
+    model = masked_model(seed=37, keep_prob=0.5)
+    prune_blocks(linear(model, "bert.encoder.layer.0.attention.output.dense"), cols=[1])
+    compress(model)
+    model.save_pretrained(tmp_path)
+    base = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(base, BermoModel)
+    ids, mask = batch()
+    with torch.no_grad():
+        assert torch.equal(base(ids, attention_mask=mask).last_hidden_state,
+                           model.bert(ids, attention_mask=mask).last_hidden_state)
+
+
+def test_fresh_model_from_compressed_config():
+    """BermoModel(config) of a compressed config builds the compressed modules (random weights), and runs."""
+    model = masked_model(seed=41, keep_prob=0.5)
+    prune_blocks(linear(model, "bert.encoder.layer.1.intermediate.dense"), rows=[0, 1])
+    compress(model)
+    fresh = BermoForSequenceClassification(model.config).eval()
+    assert [type(m) for m in fresh.modules()] == [type(m) for m in model.modules()]
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    fresh.load_state_dict(model.state_dict())
+    for a, b in zip(outputs(fresh), outputs(model)):
+        assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------ mismatches
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compress_ckpts")
+    plain = masked_model(seed=43)
+    uncompressed = BermoForSequenceClassification(plain.config)
+    uncompressed.save_pretrained(root / "uncompressed")
+    model = masked_model(seed=43, keep_prob=0.5)
+    prune_blocks(linear(model, "bert.encoder.layer.0.intermediate.dense"), rows=[2])
+    compress(model)
+    model.save_pretrained(root / "compressed")
+    other = masked_model(seed=44, keep_prob=0.5)
+    prune_blocks(linear(other, "bert.encoder.layer.1.intermediate.dense"), rows=[3])
+    compress(other)
+    other.save_pretrained(root / "other")
+    return root, uncompressed, model, other
+
+
+def test_compressed_checkpoint_into_uncompressed_model(checkpoints):
+    root, uncompressed, compressed_model, _ = checkpoints
+    with pytest.raises(ckpt.CompressedCheckpointError, match="compressed checkpoint .* into an uncompressed model"):
+        BermoForSequenceClassification.from_pretrained(root / "compressed", config=uncompressed.config)
+    with pytest.raises(ckpt.CompressedCheckpointError, match="compressed checkpoint .* into an uncompressed model"):
+        BermoForSequenceClassification(uncompressed.config).load_state_dict(compressed_model.state_dict())
+
+
+def test_uncompressed_checkpoint_into_compressed_model(checkpoints):
+    root, uncompressed, compressed_model, _ = checkpoints
+    with pytest.raises(ckpt.CompressedCheckpointError, match="uncompressed checkpoint into a compressed model"):
+        BermoForSequenceClassification.from_pretrained(root / "uncompressed", config=compressed_model.config)
+    with pytest.raises(ckpt.CompressedCheckpointError, match="uncompressed checkpoint into a compressed model"):
+        compressed_model.load_state_dict(uncompressed.state_dict())
+    # a part (strict=False), e.g. the task head alone, is no uncompressed checkpoint
+    head = {k: v for k, v in uncompressed.state_dict().items() if k.startswith("classifier.")}
+    result = compressed_model.load_state_dict(head, strict=False)
+    assert not result.unexpected_keys
+    assert torch.equal(compressed_model.classifier.weight, uncompressed.classifier.weight)
+
+
+def test_other_compressed_layout(checkpoints):
+    root, _, compressed_model, other = checkpoints
+    with pytest.raises(ckpt.CompressedCheckpointError, match="another layout"):
+        BermoForSequenceClassification.from_pretrained(root / "other", config=compressed_model.config)
+    with pytest.raises(ckpt.CompressedCheckpointError, match="another layout"):
+        compressed_model.load_state_dict(other.state_dict())
+
+
+# ------------------------------------------------------------------------------------------------ bad inputs
+def test_no_masked_linear():
+    with pytest.raises(ValueError, match="no bermo.nn.MaskedLinear"):
+        compress(BermoModel(tiny_config()))
+    model = masked_model(seed=47)
+    compress(model)
+    with pytest.raises(ValueError, match="no bermo.nn.MaskedLinear"):
+        compress(model)  # already compressed
+
+
+@pytest.mark.parametrize("bad", [None, "model", torch.randn(3)])
+def test_not_a_module(bad):
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        compress(bad)
+
+
+@pytest.mark.parametrize("crossover", ["0.5", True, float("nan")])
+def test_bad_crossover(crossover):
+    model = masked_model(seed=53)
+    with pytest.raises(TypeError, match="crossover"):
+        compress(model, crossover=crossover)
+    assert any(isinstance(m, MaskedLinear) for m in model.modules())  # untouched
