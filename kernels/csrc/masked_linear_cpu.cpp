@@ -289,18 +289,15 @@ void sparse_mm(const scalar_t* A, int64_t T, int64_t Kin, const std::vector<int6
           micro<acc_t, NV, TT, false>(base + (m - m0) * TT * Kin, 1, Kin, panels, ldb, local.data() + q0,
                                       q1 - q0, RL, tiles.data() + (m - m0) * TT * OW, q0 > 0);
       }
-      for (int64_t m = m0; m < m1; ++m) {
-        const int64_t rows = std::min<int64_t>(TT, T - m * TT);
-        for (int64_t t = 0; t < rows; ++t) {
-          scalar_t* dst = out + (m * TT + t) * Nout + s * OW;
-          const acc_t* src = tiles.data() + ((m - m0) * TT + t) * OW;
+      // (locals: the stores below could alias the lambda's captures, which would then be reloaded per row)
+      scalar_t* const dst0 = out + s * OW;
+      const int64_t ld = Nout;
+      typename S::V b[NV];
+      for (int v = 0; v < NV; ++v) b[v] = bias ? S::load(bias + s * OW + v * L) : S::zero();
+      const acc_t* src = tiles.data();
+      for (int64_t t = m0 * TT; t < std::min(T, m1 * TT); ++t, src += OW) {
 #pragma GCC unroll 8
-          for (int v = 0; v < NV; ++v) {
-            typename S::V y = S::load(src + v * L);
-            if (bias) y += S::load(bias + s * OW + v * L);
-            S::store(dst + v * L, y);
-          }
-        }
+        for (int v = 0; v < NV; ++v) S::store(dst0 + t * ld + v * L, S::load(src + v * L) + b[v]);
       }
     }
   });
