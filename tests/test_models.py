@@ -314,3 +314,15 @@ def test_a_bert_checkpoint_gets_one_bermo_note_instead_of_transformers_warning(t
     assert not [r for r in records if "to instantiate a model of type" in r.getMessage()]
     notes = [w for w in caught if "bermo: building a BERMo model from the BERT checkpoint" in str(w.message)]
     assert len(notes) == 1, [str(w.message) for w in caught]
+
+
+def test_trainer_scales_the_classifier_loss_itself(tmp_path):
+    """The classifier's loss ignores num_items_in_batch, so the HF Trainer must not assume it was scaled for
+    gradient accumulation or several processes (it was gradient-accumulation-steps times too large)."""
+    pytest.importorskip("accelerate", reason="the HF Trainer needs accelerate (a project dependency)")
+    from transformers import Trainer, TrainingArguments
+
+    model = BermoForSequenceClassification(tiny_config())
+    assert BermoForSequenceClassification.accepts_loss_kwargs is False
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], gradient_accumulation_steps=2, use_cpu=True)
+    assert Trainer(model=model, args=args).model_accepts_loss_kwargs is False

@@ -12,7 +12,8 @@ from torch import nn
 from bermo.models import BermoConfig, BermoForSequenceClassification, BermoModel
 from bermo.nn import MaskedLinear
 from bermo.pruning import compressed_checkpoint as ckpt
-from bermo.pruning.compress import compress, default_crossover
+from bermo.pruning import compress
+from bermo.pruning.compression import default_crossover
 
 BlockSparseLinear = ckpt._block_sparse_class()
 needs_block_sparse = pytest.mark.skipif(BlockSparseLinear is None, reason="bermo.nn.BlockSparseLinear not there yet")

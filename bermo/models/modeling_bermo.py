@@ -157,6 +157,10 @@ class BermoForSequenceClassification(BermoPreTrainedModel):
     """BERMo with a dropout + linear head on the pooled mixed [CLS] representation; the loss follows
     ``config.problem_type`` (regression, single-label or multi-label), as ``BertForSequenceClassification``."""
 
+    # The loss is a plain per-batch mean that ignores ``num_items_in_batch``: tell the HF Trainer so, or it
+    # skips its own scaling and the loss is gradient-accumulation-steps (or world-size) times too large.
+    accepts_loss_kwargs = False
+
     def __init__(self, config: BermoConfig):
         super().__init__(config)
         self.num_labels = config.num_labels

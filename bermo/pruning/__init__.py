@@ -7,7 +7,10 @@ The workflow:
    threshold), ``regularization`` penalises the scores (threshold methods, l0) with a weight that follows the
    schedule (``penalty_weight``), and ``distillation_loss`` / ``mix_losses`` distil from an unpruned teacher;
    ``PruningTrainer`` (``BermoPruningTrainer`` for BERMo) does all of it inside the Hugging Face Trainer;
-3. ``sparsity_report(model)`` says what is kept, per layer and overall.
+3. ``sparsity_report(model)`` says what is kept, per layer and overall;
+4. ``compress(model)`` turns every MaskedLinear into its fastest exact inference form (smaller dense layers for
+   pruned FFN neurons and heads, ``bermo.nn.BlockSparseLinear`` for sparse blocks), and compressed BERMo
+   checkpoints reload with ``from_pretrained``.
 
 Names are imported on first use, so ``import bermo.pruning`` does not import the Trainer (and accelerate).
 """
@@ -34,6 +37,9 @@ _EXPORTS = {
     "PruningMixin": "trainer",
     "PruningTrainer": "trainer",
     "BermoPruningTrainer": "trainer",
+    "compress": "compression",
+    "default_crossover": "compression",
+    "CompressedCheckpointError": "compressed_checkpoint",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -44,6 +50,8 @@ if TYPE_CHECKING:  # static analysers see ordinary imports
     from .preparation import DEFAULT_TARGETS, masked_linears, prepare
     from .report import SparsityReport, kept_fraction, sparsity_report
     from .schedule import CubicSchedule, level_attribute, set_pruning_level
+    from .compressed_checkpoint import CompressedCheckpointError
+    from .compression import compress, default_crossover
     from .trainer import BermoPruningTrainer, PruningConfig, PruningMixin, PruningTrainer
 
 
