@@ -2,10 +2,10 @@
 from .errors import BackendUnavailableError, ConfigurationError
 from .models import _autoregister
 from .nn import ScalarMix
-from .ops import scalar_mix
+from .ops import masked_linear, scalar_mix
 
 __version__ = "0.1.0"
-__all__ = ["BackendUnavailableError", "ConfigurationError", "ScalarMix", "scalar_mix", "__version__"]
+__all__ = ["BackendUnavailableError", "ConfigurationError", "ScalarMix", "masked_linear", "scalar_mix", "__version__"]
 
 # Register the BERMo models with transformers' Auto classes when (or, if already, as soon as) transformers'
 # Auto modules are imported: saved BERMo checkpoints then load with AutoModel after ``import bermo`` alone,
