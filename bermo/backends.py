@@ -83,7 +83,23 @@ def unavailable_reason(name: str, device: torch.device) -> Optional[str]:
 @functools.lru_cache(maxsize=None)
 def _warn_fallback(device_type: str, reason: str) -> None:
     warnings.warn(f"bermo: falling back to the reference backend on {device_type} tensors: {reason}",
-                  RuntimeWarning, stacklevel=3)
+                  RuntimeWarning, stacklevel=_caller_stacklevel())
+
+
+def _caller_stacklevel() -> int:
+    """The stacklevel that points a warning at the first frame outside bermo (and torch's module machinery),
+    i.e. the user's line, however deep inside bermo the warning is raised."""
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        if not (path.startswith(here) or path.startswith(torch_dir) or "functools" in path):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 2
 
 
 @torch.compiler.assume_constant_result

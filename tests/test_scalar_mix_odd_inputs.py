@@ -138,3 +138,38 @@ def test_sixteen_bit_layer_norm_eps_matters_near_the_variance(backend, device, d
     out = bermo.scalar_mix([x.to(device) for x in xs], s.to(device), g.to(device), mask=mask.to(device),
                            do_layer_norm=True, backend=backend)
     torch.testing.assert_close(out.cpu().double(), ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
+
+
+def test_mask_without_layer_norm_is_still_checked():
+    xs = [torch.randn(2, 3, 4)] * 2
+    s, g = torch.zeros(2), torch.ones(1)
+    ok = bermo.scalar_mix(xs, s, g, mask=torch.ones(2, 3, dtype=torch.bool))  # ignored, as in AllenNLP
+    torch.testing.assert_close(ok, bermo.scalar_mix(xs, s, g))
+    with pytest.raises(ValueError, match=r"mask shape \(2, 4\) does not match"):
+        bermo.scalar_mix(xs, s, g, mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(TypeError, match="mask must be a torch.Tensor"):
+        bermo.scalar_mix(xs, s, g, mask=[[1, 1, 1]])
+
+
+def test_fallback_warning_points_at_the_callers_line(monkeypatch):
+    from bermo import backends
+
+    monkeypatch.setattr(backends, "_cpu_build_error", lambda: "the C++ extension could not be built (test)")
+    backends._warn_fallback.cache_clear()
+    with pytest.warns(RuntimeWarning, match="falling back") as caught:
+        ScalarMix(2)([torch.randn(2, 3)] * 2)
+    assert caught[0].filename == __file__, caught[0].filename
+    backends._warn_fallback.cache_clear()
+
+
+def test_triton_kernels_imported_before_the_interpreter_was_set(monkeypatch):
+    """Setting TRITON_INTERPRET after the kernels were imported gave a raw interpreter error: now it says what
+    to do."""
+    pytest.importorskip("triton")
+    from bermo import BackendUnavailableError
+    from bermo.kernels import scalar_mix_triton
+
+    monkeypatch.setattr(scalar_mix_triton, "_INTERPRETED", False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(BackendUnavailableError, match="set TRITON_INTERPRET=1 before the first bermo call"):
+        bermo.scalar_mix([torch.randn(2, 3)] * 2, torch.zeros(2), torch.ones(1), backend="triton")

@@ -300,7 +300,8 @@ def scalar_mix(tensors: TensorsArg, scalars: torch.Tensor, gamma: torch.Tensor, 
     """``gamma * sum_k softmax(scalars)_k * tensors[k]`` (optionally with AllenNLP's masked layer norm).
 
     ``tensors``: a list/tuple of same-shape tensors or one stacked (L, ...) tensor. ``scalars``: (L,) float32;
-    ``gamma``: (1,) float32. The output has the inputs' dtype; accumulation is float32 (float64 for float64).
+    ``gamma``: (1,) float32. ``mask`` is used only with ``do_layer_norm`` (as in AllenNLP), but its type and
+    shape are checked either way. The output has the inputs' dtype; accumulation is float32 (float64 for float64).
     """
     layers, stacked = as_layers(tensors)
     x0 = layers[0]
@@ -309,6 +310,15 @@ def scalar_mix(tensors: TensorsArg, scalars: torch.Tensor, gamma: torch.Tensor, 
         if p.device != x0.device:
             raise ValueError(f"{OP_NAME}: the {name} are on {p.device} but the tensors are on {x0.device}; "
                              "move the module with .to(device)")
+    if mask is not None and not do_layer_norm:
+        # AllenNLP ignores a mask without layer norm, and so does bermo; a mask of the wrong kind is still an
+        # error rather than silently ignored.
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"{OP_NAME}: mask must be a torch.Tensor, got {type(mask).__name__}")
+        if x0.dim() == 0 or mask.shape != x0.shape[:-1]:
+            raise ValueError(f"{OP_NAME}: mask shape {_fmt(mask.shape)} does not match the tensors' shape "
+                             f"{_fmt(x0.shape)}: it must be the tensors' shape without the last dimension (the "
+                             "mask is only used with do_layer_norm=True)")
     row_mask = row_mask_of(mask, x0) if do_layer_norm else None
     name = backends.resolve(backend, x0.device, OP_NAME)
     if name == "reference":

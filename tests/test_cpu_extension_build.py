@@ -1,0 +1,39 @@
+"""The C++ kernels' build: announced on first use, buildable ahead of time with one command."""
+import subprocess
+import sys
+
+import pytest
+
+from helpers import needs_cpu_kernels
+
+
+@needs_cpu_kernels
+def test_build_ahead_command():
+    proc = subprocess.run([sys.executable, "-m", "bermo.kernels.cpu_extension"], capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("bermo C++ kernels ") and ("already built" in proc.stdout or "built in" in proc.stdout)
+
+
+def test_first_build_is_announced(monkeypatch, capsys):
+    from bermo.kernels import cpu_extension
+    import torch.utils.cpp_extension as cpp
+
+    monkeypatch.setattr(cpu_extension, "is_built", lambda: False)
+    monkeypatch.setattr(cpp, "load", lambda **kw: "module")
+    cpu_extension.extension.cache_clear()
+    try:
+        assert cpu_extension.extension() == "module"
+    finally:
+        cpu_extension.extension.cache_clear()
+    err = capsys.readouterr().err
+    assert "bermo: building the C++ CPU kernels" in err and "cached in" in err
+
+
+def test_cache_name_tracks_the_torch_build(monkeypatch):
+    from bermo.kernels import cpu_extension
+    import torch
+
+    name = cpu_extension.extension_name()
+    monkeypatch.setattr(torch, "__version__", torch.__version__ + "+other")
+    assert cpu_extension.extension_name() != name
