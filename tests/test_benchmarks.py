@@ -39,3 +39,24 @@ def test_bermo_overhead_benchmark_quick(tmp_path):
     assert {(r["model"], r["mode"]) for r in rows} == {
         (m, mode) for m in ("bert", "bermo") for mode in ("inference", "training step")}
     assert all(r["tokens_per_s"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["masked_linear.py", "pruned_throughput.py"])
+def test_pruning_benchmarks_quick(tmp_path, script):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), "--quick", "--device", "cpu",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (result,) = [f for f in os.listdir(tmp_path) if f.endswith(".json")]
+    rows = json.loads((tmp_path / result).read_text())["rows"]
+    assert rows and all(r["median_ms"] > 0 for r in rows)
+    assert any("bermo" in r["provider"] or "compressed" in r["provider"] for r in rows)
+    if script == "pruned_throughput.py":
+        assert [f for f in os.listdir(tmp_path) if f.endswith(".png")]
+
+
+def test_record_refuses_a_quick_run(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "scalar_mix.py"), "--quick", "--record",
+                           "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "not from a --quick run" in proc.stderr + proc.stdout
