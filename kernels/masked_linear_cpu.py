@@ -64,6 +64,10 @@ MAX_BLOCK_DENSITY = {"forward": 0.6, "grad_input": 0.6, "grad_weight": 0.5}
 # The same where the dense path is a bfloat16 product on a CPU with AMX (a binary mask, so W * M is exact in
 # bfloat16): that product is about 6x faster than float32's, the block kernels compute in float32.
 MAX_BLOCK_DENSITY_AMX_BF16 = {"forward": 0.1, "grad_input": 0.1}
+# The dense products are cut along one output dimension into an even number of tiles at least this wide (two
+# halves of a dimension up to twice as long), each one single-threaded BLAS call: thread-count-independent
+# results (see ml_mm in the C++ source).
+DENSE_MIN_TILE = 1024
 # Highest kept fraction at which gathering whole rows / columns beats the dense path.
 MAX_GATHER_DENSITY = 0.7
 
@@ -176,7 +180,7 @@ def _kept_index(mask_line: torch.Tensor, side: int) -> Tuple[torch.Tensor, torch
 
 
 def _mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    extension().ml_mm(a, b, _empty(out.dtype) if bias is None else bias, out)
+    extension().ml_mm(a, b, _empty(out.dtype) if bias is None else bias, out, DENSE_MIN_TILE)
     return out
 
 

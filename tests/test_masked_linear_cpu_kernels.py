@@ -211,29 +211,31 @@ def test_16bit_rounded_once(ml, monkeypatch, dtype, path, kind):
 
 
 # Shapes big enough that every path splits its work over several tasks (the dense products over several BLAS
-# tiles; the (1000, 64 x 1024) gradient is one a multi-threaded BLAS call sums differently on 1 and 2 threads).
+# tiles; the (1000, 64 x 1024) gradient is one a multi-threaded BLAS call sums differently on 1 and 2 threads,
+# the bfloat16 product with a binary mask one oneDNN did before each tile pinned its thread count).
 DETERMINISM = [
-    ("blocks", (32, 32), (256, 320), 300, torch.float32),
-    ("blocks", (16, 64), (256, 320), 300, torch.bfloat16),
-    ("blocks", (64, 32), (256, 320), 300, torch.float64),
-    ("dense", (32, 32), (1088, 96), 1030, torch.float32),
-    ("dense", (16, 16), (64, 1024), 1000, torch.float32),
-    ("dense", (1, 1), (128, 160), 300, torch.float16),
-    ("rows", "rows", (600, 160), 700, torch.float32),
-    ("columns", "columns", (600, 160), 700, torch.float32),
-    ("blocks", (128, 16), (256, 320), 300, torch.float32),
+    ("blocks", (32, 32), (256, 320), 300, torch.float32, "half-l0"),
+    ("blocks", (16, 64), (256, 320), 300, torch.bfloat16, "half-l0"),
+    ("blocks", (64, 32), (256, 320), 300, torch.float64, "half-l0"),
+    ("dense", (32, 32), (1088, 96), 1030, torch.float32, "half-l0"),
+    ("dense", (16, 16), (64, 1024), 1000, torch.float32, "half-l0"),
+    ("dense", (32, 32), (768, 3072), 1024, torch.bfloat16, "half"),
+    ("dense", (1, 1), (128, 160), 300, torch.float16, "half-l0"),
+    ("rows", "rows", (600, 160), 700, torch.float32, "half-l0"),
+    ("columns", "columns", (600, 160), 700, torch.float32, "half-l0"),
+    ("blocks", (128, 16), (256, 320), 300, torch.float32, "half-l0"),
 ]
 
 
-@pytest.mark.parametrize("path,bs,nk,T,dtype", DETERMINISM,
-                         ids=[f"{p}-{b if isinstance(b, str) else '%dx%d' % b}-{str(d).split('.')[-1]}"
-                              for p, b, _, _, d in DETERMINISM])
-def test_bitwise_deterministic(ml, monkeypatch, path, bs, nk, T, dtype):
+@pytest.mark.parametrize("path,bs,nk,T,dtype,kind", DETERMINISM,
+                         ids=[f"{p}-{b if isinstance(b, str) else '%dx%d' % b}-{str(d).split('.')[-1]}-{k}"
+                              for p, b, _, _, d, k in DETERMINISM])
+def test_bitwise_deterministic(ml, monkeypatch, path, bs, nk, T, dtype, kind):
     """The same bits on every call and for 1 and 2 threads."""
     force(monkeypatch, ml, path)
     N, K = nk
     block_shape = _block_shape(bs, N, K)
-    x, w, b, dy, mask = make_case(dtype, N, K, block_shape, "half-l0", T=T)
+    x, w, b, dy, mask = make_case(dtype, N, K, block_shape, kind, T=T)
 
     def run():
         return [ml.forward(x, w, mask, b, block_shape), ml.grad_input(dy, w, mask, block_shape),
