@@ -61,9 +61,10 @@ from .layout import output_like, workspace
 
 # Highest kept-block fraction at which the block kernels beat the dense path (measured, see the module doc).
 MAX_BLOCK_DENSITY = {"forward": 0.6, "grad_input": 0.6, "grad_weight": 0.5}
-# The same where the dense path is a bfloat16 product on a CPU with AMX (a binary mask, so W * M is exact in
-# bfloat16): that product is about 6x faster than float32's, the block kernels compute in float32.
-MAX_BLOCK_DENSITY_AMX_BF16 = {"forward": 0.1, "grad_input": 0.1}
+# The same where the dense path is a bfloat16 product on a CPU with AMX: forward / grad_input with a binary mask
+# (W * M is then exact in bfloat16), grad_weight's G = dy^T @ x (bfloat16 products summed in float32, see
+# ml_mm_bf16). Those products are 5-6x faster than float32's; the block kernels compute in float32.
+MAX_BLOCK_DENSITY_AMX_BF16 = {"forward": 0.1, "grad_input": 0.1, "grad_weight": 0.07}
 # The dense products are cut along one output dimension into an even number of tiles at least this wide (two
 # halves of a dimension up to twice as long), each one single-threaded BLAS call: thread-count-independent
 # results (see ml_mm in the C++ source).
@@ -153,7 +154,7 @@ def _plan(function: str, weight_shape, block_shape, mask: torch.Tensor, dtype: t
     if gather:
         return ("rows" if bi == K else "columns") if density <= MAX_GATHER_DENSITY else "dense", pd
     limit = MAX_BLOCK_DENSITY[function]
-    if pd == torch.bfloat16 and function in MAX_BLOCK_DENSITY_AMX_BF16 and has_amx_bf16():
+    if function == "grad_weight" and _g_in_bf16(dtype, K) or pd == torch.bfloat16 and has_amx_bf16():
         limit = MAX_BLOCK_DENSITY_AMX_BF16[function]
     return ("blocks" if blocks and density <= limit else "dense"), pd
 
@@ -177,6 +178,32 @@ def _kept_index(mask_line: torch.Tensor, side: int) -> Tuple[torch.Tensor, torch
     blocks = torch.nonzero(mask_line).squeeze(1)
     idx = (blocks.unsqueeze(1) * side + torch.arange(side)).reshape(-1)
     return idx, mask_line.index_select(0, blocks).repeat_interleave(side)
+
+
+@functools.lru_cache(maxsize=None)
+def has_bf16_brgemm() -> bool:
+    """Whether torch's oneDNN bfloat16 micro-kernel (bfloat16 products summed in float32) runs here."""
+    return bool(extension().ml_has_bf16_brgemm())
+
+
+def _g_in_bf16(dtype: torch.dtype, K: int) -> bool:
+    return dtype == torch.bfloat16 and K % 16 == 0 and has_bf16_brgemm()
+
+
+def _g_product(dy2d: torch.Tensor, x2d: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """G = dy^T @ x (N, K) in the accumulation dtype: from bfloat16 operands on the bfloat16 units where they
+    run (the same float32 sums of exact products), else a product of the operands in the accumulation dtype."""
+    T, N = dy2d.shape
+    K = x2d.shape[1]
+    g = workspace((N, K), acc, "cpu")
+    if _g_in_bf16(dy2d.dtype, K):
+        even = T + T % 2  # the micro-kernel sums pairs of tokens: an odd count gets a zero token
+        dyt = (torch.zeros if T % 2 else torch.empty)((N, even), dtype=dy2d.dtype)
+        dyt[:, :T] = dy2d.t()
+        xe = x2d if T % 2 == 0 else torch.cat([x2d, x2d.new_zeros(1, K)])
+        extension().ml_mm_bf16(dyt, xe.contiguous(), g)
+        return g
+    return _mm(dy2d.to(acc).t(), x2d.to(acc), g)
 
 
 def _mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -274,21 +301,20 @@ def grad_weight(dy2d: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, mas
                          f"the weight {tuple(weight.shape)}")
     gw = output_like(weight)
     gm = output_like(mask) if need_mask_grad else None
-    dya, xa = dy2d.to(acc), x2d.to(acc)
     path = "dense" if need_mask_grad else plan("grad_weight", weight.shape, (bo, bi), mask, weight.dtype)
     if path == "blocks":
-        extension().ml_grad_weight_kept(dya.contiguous(), xa.contiguous(), mask, bo, bi, gw)
+        extension().ml_grad_weight_kept(dy2d.to(acc).contiguous(), x2d.to(acc).contiguous(), mask, bo, bi, gw)
     elif path == "rows":
         idx, m = _kept_index(mask[:, 0], bo)
-        gk = _mm(dya.index_select(1, idx).t(), xa, torch.empty(idx.numel(), K, dtype=acc))
+        gk = _mm(dy2d.index_select(1, idx).to(acc).t(), x2d.to(acc), torch.empty(idx.numel(), K, dtype=acc))
         gw.zero_()
         gw.index_copy_(0, idx, (gk * m.unsqueeze(1)).to(gw.dtype))
     elif path == "columns":
         idx, m = _kept_index(mask[0], bi)
-        gk = _mm(dya.t(), xa.index_select(1, idx), torch.empty(N, idx.numel(), dtype=acc))
+        gk = _mm(dy2d.to(acc).t(), x2d.index_select(1, idx).to(acc), torch.empty(N, idx.numel(), dtype=acc))
         gw.zero_()
         gw.index_copy_(1, idx, (gk * m.unsqueeze(0)).to(gw.dtype))
     else:
-        g = _mm(dya.t(), xa, workspace((N, K), acc, "cpu"))
+        g = _g_product(dy2d, x2d, acc)
         extension().ml_grad_epilogue(g, weight, mask, bo, bi, gw, _empty(acc) if gm is None else gm)
     return gw, gm

@@ -53,7 +53,7 @@ def force(monkeypatch, ml, path):
     """Make the launchers take ``path`` wherever the block shape allows it."""
     blocks = 2.0 if path == "blocks" else -1.0
     monkeypatch.setattr(ml, "MAX_BLOCK_DENSITY", {k: blocks for k in ("forward", "grad_input", "grad_weight")})
-    monkeypatch.setattr(ml, "MAX_BLOCK_DENSITY_AMX_BF16", {k: blocks for k in ("forward", "grad_input")})
+    monkeypatch.setattr(ml, "MAX_BLOCK_DENSITY_AMX_BF16", {k: blocks for k in ("forward", "grad_input", "grad_weight")})
     monkeypatch.setattr(ml, "MAX_GATHER_DENSITY", 2.0 if path in ("rows", "columns") else -1.0)
 
 
@@ -298,3 +298,20 @@ def test_mask_stats(ml, dtype):
     mask[200_003] = float("nan")  # a NaN is kept (it is not zero) and not binary
     assert ml.mask_stats(mask) == ((kept + 1) / mask.numel(), False)
     assert ml.mask_stats(torch.zeros(0, 3, dtype=dtype)) == (0.0, True)
+
+
+@pytest.mark.parametrize("T", [133, 134])
+@pytest.mark.parametrize("N,K", [(48, 80), (300, 192), (130, 96)])
+def test_bf16_g_product(ml, N, K, T):
+    """G = dy^T @ x from bfloat16 operands on the bfloat16 micro-kernel (odd token counts padded, column blocks of
+    64 / 32 / 16, several 128-row tiles) equals the float32 product of the widened operands to float32 rounding."""
+    if not ml.has_bf16_brgemm():
+        pytest.skip("no bfloat16 batch-reduce GEMM on this CPU / torch")
+    gen = torch.Generator().manual_seed(T)
+    dy = torch.randn(T, N, generator=gen).bfloat16()
+    x = torch.randn(T, K, generator=gen).bfloat16()
+    assert ml._g_in_bf16(torch.bfloat16, K)
+    g = ml._g_product(dy, x, torch.float32)
+    assert g.dtype == torch.float32
+    scale = (dy.double().abs().T @ x.double().abs()).max().item()
+    close(g, dy.double().T @ x.double(), ACC_TOL[torch.float32], scale=scale, what="G")

@@ -27,6 +27,15 @@
 #include <omp.h>
 #endif
 
+#if __has_include(<ATen/native/CPUBlas.h>)
+#include <ATen/native/CPUBlas.h>
+#endif
+#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
+#define BERMO_ML_BRGEMM 1
+#else
+#define BERMO_ML_BRGEMM 0
+#endif
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -637,6 +646,56 @@ void ml_mm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias, at:
   });
 }
 
+// Whether ml_mm_bf16 can run: torch's oneDNN batch-reduce GEMM micro-kernel for bfloat16 (AMX or AVX-512
+// bfloat16 instructions), exported by libtorch_cpu since torch 2.5.
+bool ml_has_bf16_brgemm() {
+#if BERMO_ML_BRGEMM
+  return at::native::cpublas::could_pack(at::kBFloat16);
+#else
+  return false;
+#endif
+}
+
+// out (M, N) float32 = a (M, Kd) @ b (Kd, N), both bfloat16 and contiguous, Kd even, N a multiple of 16:
+// bfloat16 products summed in float32 (the products are exact in float32), as a float32 product of the
+// widened operands would, but on the bfloat16 units (5x faster than MKL's float32 product with AMX). b is
+// packed once into column blocks of 64 (or 32, 16) in the micro-kernel's pair-interleaved layout; each task
+// is one call for a tile of 128 rows x one block, so the result does not depend on the thread count.
+void ml_mm_bf16(const at::Tensor& a, const at::Tensor& b, at::Tensor& out) {
+  TORCH_CHECK(ml_has_bf16_brgemm(), "bermo masked_linear: no bfloat16 batch-reduce GEMM on this CPU / torch");
+#if BERMO_ML_BRGEMM
+  const int64_t M = a.size(0), Kd = a.size(1), N = b.size(1);
+  TORCH_CHECK(a.scalar_type() == at::kBFloat16 && b.scalar_type() == at::kBFloat16 &&
+                  out.scalar_type() == at::kFloat && a.is_contiguous() && b.is_contiguous() && out.is_contiguous() &&
+                  b.size(0) == Kd && out.size(0) == M && out.size(1) == N && Kd % 2 == 0 && N % 16 == 0,
+              "bermo masked_linear: bad bfloat16 matmul operands");
+  if (M == 0 || N == 0) return;
+  if (Kd == 0) {
+    out.zero_();
+    return;
+  }
+  constexpr int64_t kRows = 128;
+  const int64_t nb = N % 64 == 0 ? 64 : N % 32 == 0 ? 32 : 16, blocks = N / nb, row_tiles = (M + kRows - 1) / kRows;
+  at::Tensor packed = at::empty({blocks, Kd * nb}, b.options());
+  const at::BFloat16* bp = b.data_ptr<at::BFloat16>();
+  at::BFloat16* pp = packed.data_ptr<at::BFloat16>();
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j)
+      at::native::cpublas::pack(Kd, nb, N, nb, at::kBFloat16, at::kBFloat16, bp + j * nb, pp + j * Kd * nb);
+  });
+  const at::BFloat16* ap = a.data_ptr<at::BFloat16>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, row_tiles * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t m0 = (task / blocks) * kRows, j = task % blocks;
+      at::native::cpublas::brgemm(std::min(kRows, M - m0), nb, Kd, Kd, nb, N, /*add_C=*/false, ap + m0 * Kd,
+                                  pp + j * Kd * nb, op + m0 * N + j * nb, /*is_vnni=*/true);
+    }
+    at::native::cpublas::brgemm_release(true);
+  });
+#endif
+}
+
 // (number of nonzero values, whether every value is 0 or 1) of a contiguous float / double mask, in one pass:
 // what the launcher's plan needs to know of a (1, 1) mask as large as the weight.
 std::tuple<int64_t, bool> ml_mask_stats(const at::Tensor& mask) {
@@ -676,4 +735,6 @@ void register_masked_linear(pybind11::module_& m) {
   m.def("ml_grad_epilogue", &ml_grad_epilogue);
   m.def("ml_mm", &ml_mm);
   m.def("ml_mask_stats", &ml_mask_stats);
+  m.def("ml_has_bf16_brgemm", &ml_has_bf16_brgemm);
+  m.def("ml_mm_bf16", &ml_mm_bf16);
 }
