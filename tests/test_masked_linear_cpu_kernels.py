@@ -43,7 +43,7 @@ def _block_shape(bs, N, K):
 
 
 @pytest.fixture
-def ml(monkeypatch):
+def ml():
     from bermo.kernels import masked_linear_cpu
 
     return masked_linear_cpu
