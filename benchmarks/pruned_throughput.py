@@ -18,6 +18,7 @@ per provider and block.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 
@@ -93,7 +94,7 @@ def model_rows(densities, B, T, dtype, device, reps, quick):
     for d in densities:
         if d >= 1.0:
             continue
-        m = BermoForSequenceClassification(base.config).to(device=device, dtype=dtype).eval()
+        m = BermoForSequenceClassification(copy.deepcopy(base.config)).to(device=device, dtype=dtype).eval()
         m.load_state_dict(base.state_dict())
         prepare(m, method="magnitude", block_shape=(32, 32) if not quick else (16, 16))
         for layer in m.modules():
@@ -172,7 +173,7 @@ def main(argv=None) -> int:
     shapes, densities, blocks = SHAPES, args.densities, args.blocks
     B, seq = (32, 128) if gpu else (8, 128)
     if args.quick:
-        shapes, densities, blocks, T, reps, B, seq = [(128, 64)], [1.0, 0.1], ["16", "rows"], 64, 3, 2, 16
+        shapes, densities, blocks, T, reps, B, seq = [(128, 64)], [1.0, 0.5, 0.1], ["16", "rows"], 64, 3, 2, 16
     env = environment(device)
     print(f"# pruned throughput on {env['device_name']} (torch {env['torch']}), {str(dtype).replace('torch.', '')}",
           flush=True)
