@@ -23,18 +23,8 @@ import triton
 import triton.language as tl
 
 from .dtypes import check_interpreter_mode, triton_dtype, triton_interpreting
-
-
-@triton.jit
-def _dot(a, b, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
-    """``a @ b`` accumulated in float32. ``DOT_F32`` upcasts the operands first: only under the Triton
-    interpreter, whose bfloat16 ``tl.dot`` returns garbage (Triton 3.9); compiled kernels keep 16-bit operands."""
-    if DOT_F32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    elif IEEE:
-        return tl.dot(a, b, input_precision="ieee")
-    else:
-        return tl.dot(a, b)
+# the float32-accumulating dot (with the interpreter's bfloat16 workaround) and the warp rule, shared
+from .masked_linear_triton import _dot, _dot_f32, _warps  # noqa: F401  (_dot is called by the kernel)
 
 
 @triton.jit
@@ -109,10 +99,6 @@ def tiles(block_shape):
     return bn, bk, bo % bn == 0 and bi % bk == 0
 
 
-def _warps(bm: int, bn: int) -> int:
-    return 4 if bm * bn <= 64 * 64 else 8
-
-
 _INTERPRETED = triton_interpreting()
 
 
@@ -121,10 +107,6 @@ def _check(x: torch.Tensor) -> None:
         check_interpreter_mode(_INTERPRETED)
     if x.dtype == torch.float64:
         raise TypeError("block_sparse_linear: the Triton kernel has no float64 path (use the cpu or reference backend)")
-
-
-def _dot_f32(t: torch.Tensor) -> bool:
-    return t.device.type == "cpu" and t.dtype == torch.bfloat16  # the interpreter's bf16 dot is broken
 
 
 # ----------------------------------------------------------------------------------------------------------
