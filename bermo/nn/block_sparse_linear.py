@@ -8,31 +8,15 @@ blocks of the weight are stored (BSR form) and multiplied, by ``bermo.ops.block_
 from __future__ import annotations
 
 import operator
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
+from .masked_linear import check_block_shape
 from ..ops.block_sparse_linear import _dispatch, check_indices, check_structure, to_dense
 
 NAME = "BlockSparseLinear"
-
-
-def _check_block_shape(block_shape, out_features: int, in_features: int) -> Tuple[int, int]:
-    try:
-        bo, bi = block_shape
-        if isinstance(bo, bool) or isinstance(bi, bool):
-            raise TypeError
-        bo, bi = operator.index(bo), operator.index(bi)
-    except (TypeError, ValueError):
-        raise TypeError(f"{NAME}: block_shape must be a pair of positive ints (bo, bi); got {block_shape!r}") from None
-    if bo < 1 or bi < 1:
-        raise ValueError(f"{NAME}: block_shape must be positive; got {(bo, bi)}")
-    if out_features % bo or in_features % bi:
-        raise ValueError(f"{NAME}: block_shape {(bo, bi)} does not divide the weight's shape (out_features, "
-                         f"in_features) = {(out_features, in_features)}: out_features must be a multiple of bo and "
-                         "in_features a multiple of bi")
-    return bo, bi
 
 
 def _index_dtype(*sizes: int) -> torch.dtype:
@@ -61,7 +45,7 @@ class BlockSparseLinear(nn.Module):
         in_features, out_features = operator.index(in_features), operator.index(out_features)
         if in_features < 0 or out_features < 0:
             raise ValueError(f"{NAME}: in_features and out_features must be >= 0; got {(in_features, out_features)}")
-        bo, bi = _check_block_shape(block_shape, out_features, in_features)
+        bo, bi = check_block_shape(block_shape, out_features, in_features, NAME)
         if isinstance(values, torch.Tensor) and values.dim() == 3 and tuple(values.shape[1:]) != (bo, bi):
             raise ValueError(f"{NAME}: values must hold {(bo, bi)} blocks (block_shape), shape (nnz, {bo}, {bi}); got "
                              f"{tuple(values.shape)}")
@@ -99,7 +83,7 @@ class BlockSparseLinear(nn.Module):
         if not weight.dtype.is_floating_point:
             raise TypeError(f"{NAME}.from_dense: weight must be floating point; got {weight.dtype}")
         N, K = weight.shape
-        bo, bi = _check_block_shape(block_shape, N, K)
+        bo, bi = check_block_shape(block_shape, N, K, NAME)
         nbr, nbc = N // bo, K // bi
         w = weight.detach()
         blocks = w.reshape(nbr, bo, nbc, bi).transpose(1, 2)  # (nbr, nbc, bo, bi)

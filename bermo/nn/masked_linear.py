@@ -115,19 +115,22 @@ def _check_method(method) -> str:
     return method
 
 
-def _check_block_shape(block_shape, out_features: int, in_features: int) -> Tuple[int, int]:
+def check_block_shape(block_shape, out_features: int, in_features: int,
+                      what: str = "MaskedLinear") -> Tuple[int, int]:
+    """``(bo, bi)`` as ints, validated against an (out_features, in_features) weight; errors start with ``what``
+    (the modules of bermo.nn that hold a block structure share this check)."""
     try:
         bo, bi = block_shape
         if isinstance(bo, bool) or isinstance(bi, bool):
             raise TypeError
         bo, bi = operator.index(bo), operator.index(bi)
     except (TypeError, ValueError):
-        raise TypeError(f"MaskedLinear: block_shape must be a pair of positive ints (bo, bi); "
+        raise TypeError(f"{what}: block_shape must be a pair of positive ints (bo, bi); "
                         f"got {block_shape!r}") from None
     if bo < 1 or bi < 1:
-        raise ValueError(f"MaskedLinear: block_shape must be positive; got {(bo, bi)}")
+        raise ValueError(f"{what}: block_shape must be positive; got {(bo, bi)}")
     if out_features % bo or in_features % bi:
-        raise ValueError(f"MaskedLinear: block_shape {(bo, bi)} does not divide the weight's shape "
+        raise ValueError(f"{what}: block_shape {(bo, bi)} does not divide the weight's shape "
                          f"(out_features, in_features) = {(out_features, in_features)}: out_features must be a "
                          "multiple of bo and in_features a multiple of bi")
     return bo, bi
@@ -167,7 +170,7 @@ class MaskedLinear(nn.Linear):
                  scores_init: Optional[Union[float, torch.Tensor]] = None, backend: Optional[str] = None,
                  device=None, dtype=None) -> None:
         method = _check_method(method)
-        block_shape = _check_block_shape(block_shape, out_features, in_features)
+        block_shape = check_block_shape(block_shape, out_features, in_features)
         if backend is not None:
             backends.requested(backend)  # fail early on a misspelt name
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
