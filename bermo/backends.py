@@ -102,6 +102,18 @@ def _caller_stacklevel() -> int:
     return 2
 
 
+def resolve_no_float64_triton(backend: Optional[str], x: torch.Tensor, op: str) -> str:
+    """``resolve`` for an op whose Triton kernels have no float64 path: float64 tensors that auto would send to
+    Triton quietly take the reference formula; an explicit ``triton`` (argument or environment) is refused."""
+    name = resolve(backend, x.device, op)
+    if name == "triton" and x.dtype == torch.float64:
+        if backend is None and requested() == "auto":
+            return "reference"
+        raise BackendUnavailableError(f"{op}: the triton backend has no float64 kernels; use float32 or the "
+                                      "reference backend")
+    return name
+
+
 @torch.compiler.assume_constant_result
 def resolve(backend: Optional[str], device: torch.device, op: str, implemented=("triton", "cpu", "reference")) -> str:
     """The backend that runs ``op`` on tensors of ``device``; see the module docstring for the rules.

@@ -243,15 +243,7 @@ class BlockSparseLinearFunction(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------------------
 def _dispatch(x, crow_indices, col_indices, values, bias, out_features, in_features, backend, check_contents):
     N, K, bo, bi = _validate(x, crow_indices, col_indices, values, bias, out_features, in_features, check_contents)
-    name = backends.resolve(backend, x.device, OP_NAME)
-    if name == "triton" and x.dtype == torch.float64:
-        if backend is None and backends.requested() == "auto":
-            name = "reference"  # the Triton kernel has no float64 path; auto quietly uses the formula
-        else:
-            from ..errors import BackendUnavailableError
-
-            raise BackendUnavailableError(f"{OP_NAME}: the triton backend has no float64 kernels; use float32 "
-                                          "or the reference backend")
+    name = backends.resolve_no_float64_triton(backend, x, OP_NAME)
     if name == "reference":
         return reference_block_sparse_linear(x, crow_indices, col_indices, values, bias, N, K)
     return BlockSparseLinearFunction.apply(x, crow_indices, col_indices, values, bias, N, name)

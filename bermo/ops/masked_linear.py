@@ -193,15 +193,7 @@ def masked_linear(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bia
     ``blocksum(dY^T X * weight)``). ``x`` is ``(..., in)``; float32, bfloat16, float16 (float32 accumulation),
     float64 on the ``cpu`` and ``reference`` backends. Pruned blocks are skipped by the kernels."""
     bo, bi = _validate(x, weight, mask, bias, block_shape)
-    name = backends.resolve(backend, x.device, OP_NAME)
-    if name == "triton" and x.dtype == torch.float64:
-        if backend is None and backends.requested() == "auto":
-            name = "reference"  # the Triton kernels have no float64 path; auto quietly uses the formula
-        else:
-            from ..errors import BackendUnavailableError
-
-            raise BackendUnavailableError(f"{OP_NAME}: the triton backend has no float64 kernels; use float32 "
-                                          "or the reference backend")
+    name = backends.resolve_no_float64_triton(backend, x, OP_NAME)
     if name == "reference":
         return reference_masked_linear(x, weight, mask, bias, (bo, bi))
     return MaskedLinearFunction.apply(x, weight, mask, bias, (bo, bi), name)
