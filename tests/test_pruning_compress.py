@@ -8,11 +8,12 @@ import pytest
 import torch
 from safetensors import safe_open
 from torch import nn
+from transformers import BertConfig, BertForSequenceClassification, BertModel
 
-from bermo.models import BermoConfig, BermoForSequenceClassification, BermoModel
+from bermo.models import BermoConfig, BermoForSequenceClassification, BermoModel, BermoPreTrainedModel
 from bermo.nn import MaskedLinear
 from bermo.pruning import compressed_checkpoint as ckpt
-from bermo.pruning import compress
+from bermo.pruning import compress, load_compressed
 from bermo.pruning.compression import default_crossover
 
 BlockSparseLinear = ckpt._block_sparse_class()
@@ -47,9 +48,14 @@ def masked_model(seed=0, cls=BermoForSequenceClassification, block_shape=BLOCK, 
                  keep_prob=1.0, **config_kw):
     """A tiny BERMo whose encoder linears are MaskedLinear (reference backend), every block kept with probability
     ``keep_prob`` (threshold method: scores +1 kept, -1 pruned, threshold 0), random nonzero biases (so that a
-    pruned row's constant matters)."""
+    pruned row's constant matters). ``cls``: a BERMo class, or a plain transformers BERT class (then built from
+    the same settings as a ``BertConfig``)."""
     torch.manual_seed(seed)
-    model = cls(tiny_config(**config_kw)).eval()
+    config = tiny_config(**config_kw)
+    if not issubclass(cls, BermoPreTrainedModel):  # a plain transformers class
+        config = BertConfig(**{k: v for k, v in config.to_dict().items() if not k.startswith("mix_")
+                               and k not in ("auto_map", "model_type", "architectures")})
+    model = cls(config).eval()
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -81,7 +87,7 @@ def prune_blocks(module, rows=None, cols=None):
 def outputs(model, dtype=None):
     ids, mask = batch()
     with torch.no_grad():
-        if isinstance(model, BermoForSequenceClassification):
+        if hasattr(model, "classifier"):  # BERMo or plain BERT with a classification head
             out = model(ids, attention_mask=mask)
             return out.logits.float(), model.bert(ids, attention_mask=mask).last_hidden_state.float()
         out = model(ids, attention_mask=mask)
@@ -446,6 +452,103 @@ def test_other_compressed_layout(checkpoints):
         BermoForSequenceClassification.from_pretrained(root / "other", config=compressed_model.config)
     with pytest.raises(ckpt.CompressedCheckpointError, match="another layout"):
         compressed_model.load_state_dict(other.state_dict())
+
+
+# ------------------------------------------------------------------------------- plain transformers BERT models
+def test_plain_bert_config_matches_bermo():
+    """The plain helper models have the tiny BERMo's sizes (so the tests above and below compare like with like)."""
+    plain = masked_model(seed=61, cls=BertForSequenceClassification)
+    assert type(plain.config) is BertConfig and plain.config.hidden_size == 32 and plain.config.num_labels == 3
+    assert sum(isinstance(m, MaskedLinear) for m in plain.modules()) == 12
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cls", [BertForSequenceClassification, BertModel], ids=lambda c: c.__name__)
+def test_plain_bert_compress_in_memory(dtype, cls):
+    """transformers' own BERT (classifier and bare): heads and FFN neurons removed with their constants folded,
+    the rest block-sparse or dense, outputs those of the masked model; the layout recorded in its config."""
+    model = masked_model(seed=67, cls=cls, keep_prob=0.5, num_attention_heads=4).to(dtype)
+    prefix = "bert." if cls is BertForSequenceClassification else ""
+    prune_blocks(linear(model, prefix + "encoder.layer.0.intermediate.dense"), rows=[1])    # neurons 16..31
+    prune_blocks(linear(model, prefix + "encoder.layer.1.attention.self.value"), rows=[0])  # heads 0, 1
+    b_out = linear(model, prefix + "encoder.layer.0.output.dense").bias.detach().clone()
+    model = compressed_matches(model, dtype)
+    base = model.bert if prefix else model
+    layer0, layer1 = base.encoder.layer
+    assert layer0.intermediate.dense.out_features <= 48 and layer1.attention.self.num_attention_heads <= 2
+    assert layer1.attention.pruned_heads >= {0, 1}
+    assert model.config.pruned_heads["1"][:2] == [0, 1]
+    assert model.config.compressed_layout["intermediate_sizes"][0] == layer0.intermediate.dense.out_features
+    assert (layer0.output.dense.bias.float() - b_out.float()).abs().max() > 0.05  # GELU(bias) folded
+    recorded = set(model.config.compressed_layout["linears"])  # keyed by path in the base model
+    assert {f"encoder.layer.{i}.{n}" for i in range(2) for n in ("intermediate.dense", "output.dense")} <= recorded
+    assert all(isinstance(base.get_submodule(path), nn.Module) for path in recorded)
+    if BlockSparseLinear is not None and dtype == torch.float32:
+        assert any(isinstance(m, BlockSparseLinear) for m in model.modules())
+    assert base.compressed_layout_id.item() == ckpt.layout_id(model.config)
+
+
+@pytest.mark.parametrize("crossover", [None, 1.0], ids=["default_rule", "all_block_sparse"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_plain_bert_load_compressed_round_trip(tmp_path, dtype, crossover):
+    """save_pretrained of a compressed BertForSequenceClassification, load_compressed back: the same modules, the
+    same outputs bit for bit, in the saved dtype; a bare BertModel loads the same checkpoint's encoder."""
+    model = masked_model(seed=71, cls=BertForSequenceClassification, keep_prob=0.3).to(dtype)
+    prune_blocks(linear(model, "bert.encoder.layer.0.intermediate.dense"), rows=[0])
+    prune_blocks(linear(model, "bert.encoder.layer.1.attention.self.value"), rows=[1])
+    compress(model, crossover=crossover)
+    expected = outputs(model)
+    model.save_pretrained(tmp_path)
+    loaded = load_compressed(tmp_path)
+    assert type(loaded) is BertForSequenceClassification and not loaded.training
+    assert [type(m) for m in loaded.modules()] == [type(m) for m in model.modules()]
+    assert {k: (v.shape, v.dtype) for k, v in loaded.state_dict().items()} == {
+        k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
+    for a, b in zip(outputs(loaded), expected):
+        assert torch.equal(a, b)
+    bare = load_compressed(tmp_path, model_class=BertModel)
+    assert type(bare) is BertModel
+    ids, mask = batch()
+    with torch.no_grad():
+        assert torch.equal(bare(ids, attention_mask=mask).last_hidden_state.float(), expected[1])
+
+
+def test_load_compressed_bermo(tmp_path):
+    """load_compressed takes BERMo checkpoints too (through their from_pretrained)."""
+    model = masked_model(seed=73, keep_prob=0.5)
+    prune_blocks(linear(model, "bert.encoder.layer.1.intermediate.dense"), rows=[2])
+    compress(model)
+    model.save_pretrained(tmp_path)
+    loaded = load_compressed(tmp_path)
+    assert type(loaded) is BermoForSequenceClassification
+    for a, b in zip(outputs(loaded), outputs(model)):
+        assert torch.equal(a, b)
+
+
+def test_load_compressed_errors(tmp_path):
+    """Not a directory, an uncompressed checkpoint, weights of another layout, a tensor missing: clear errors."""
+    with pytest.raises(ckpt.CompressedCheckpointError, match="not a directory"):
+        load_compressed(tmp_path / "nowhere")
+    plain = masked_model(seed=79, cls=BertForSequenceClassification)
+    BertForSequenceClassification(plain.config).save_pretrained(tmp_path / "uncompressed")
+    with pytest.raises(ckpt.CompressedCheckpointError, match="not a compressed checkpoint.*from_pretrained"):
+        load_compressed(tmp_path / "uncompressed")
+    saved = {}
+    for seed, row in ((83, 0), (89, 3)):
+        model = masked_model(seed=seed, cls=BertForSequenceClassification, keep_prob=0.5)
+        prune_blocks(linear(model, "bert.encoder.layer.0.intermediate.dense"), rows=[row])
+        compress(model)
+        model.save_pretrained(tmp_path / str(seed))
+        saved[seed] = tmp_path / str(seed)
+    (saved[83] / "config.json").write_text((saved[89] / "config.json").read_text())  # weights of another layout
+    with pytest.raises(ckpt.CompressedCheckpointError, match="another layout"):
+        load_compressed(saved[83])
+    from safetensors.torch import load_file, save_file
+    state = load_file(saved[89] / "model.safetensors")
+    del state["bert.encoder.layer.1.output.dense.bias"]
+    save_file(state, saved[89] / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ckpt.CompressedCheckpointError, match="missing .*layer.1.output.dense.bias"):
+        load_compressed(saved[89])
 
 
 # ------------------------------------------------------------------------------------------------ bad inputs

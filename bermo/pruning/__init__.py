@@ -9,8 +9,9 @@ The workflow:
    ``PruningTrainer`` (``BermoPruningTrainer`` for BERMo) does all of it inside the Hugging Face Trainer;
 3. ``sparsity_report(model)`` says what is kept, per layer and overall;
 4. ``compress(model)`` turns every MaskedLinear into its fastest exact inference form (smaller dense layers for
-   pruned FFN neurons and heads, ``bermo.nn.BlockSparseLinear`` for sparse blocks), and compressed BERMo
-   checkpoints reload with ``from_pretrained``.
+   pruned FFN neurons and heads, ``bermo.nn.BlockSparseLinear`` for sparse blocks); compressed BERMo
+   checkpoints reload with ``from_pretrained``, and any compressed checkpoint (plain transformers BERT models
+   too) with ``load_compressed(path)``.
 
 Names are imported on first use, so ``import bermo.pruning`` does not import the Trainer (and accelerate).
 """
@@ -40,6 +41,7 @@ _EXPORTS = {
     "compress": "compression",
     "default_crossover": "compression",
     "CompressedCheckpointError": "compressed_checkpoint",
+    "load_compressed": "compressed_checkpoint",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -50,7 +52,7 @@ if TYPE_CHECKING:  # static analysers see ordinary imports
     from .preparation import DEFAULT_TARGETS, masked_linears, prepare
     from .report import SparsityReport, kept_fraction, sparsity_report
     from .schedule import CubicSchedule, level_attribute, set_pruning_level
-    from .compressed_checkpoint import CompressedCheckpointError
+    from .compressed_checkpoint import CompressedCheckpointError, load_compressed
     from .compression import compress, default_crossover
     from .trainer import BermoPruningTrainer, PruningConfig, PruningMixin, PruningTrainer
 

@@ -1,5 +1,10 @@
-"""Compressed BERMo checkpoints: the layout ``bermo.pruning.compress`` records in the config, the modules rebuilt
-from it before a checkpoint's weights load, and the check that a checkpoint and a model agree on it.
+"""Compressed checkpoints (BERMo and plain transformers BERT models): the layout ``bermo.pruning.compress`` records
+in the config, the modules rebuilt from it before a checkpoint's weights load, the check that a checkpoint and a
+model agree on it, and ``load_compressed(path)``, which loads any of them.
+
+Who rebuilds: ``BermoModel.__init__`` does, so a BERMo checkpoint loads with ``from_pretrained``. bermo does not
+patch transformers' classes, whose ``from_pretrained`` builds the uncompressed modules: a compressed plain BERT
+checkpoint loads with ``load_compressed(path)`` (which also takes BERMo ones).
 
 What a compressed model's config records (all JSON):
 
@@ -327,3 +332,133 @@ def check_checkpoint(model: nn.Module, state_dict: Optional[Mapping] = None,
         raise CompressedCheckpointError(
             f"the checkpoint was compressed with another layout (id {have}) than this model's config records "
             f"(id {want}): load it with the config saved beside it.")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading any compressed checkpoint bermo wrote: load_compressed
+# ----------------------------------------------------------------------------------------------------------
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+
+
+def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint in the directory ``path`` (safetensors or torch, single file or shards)."""
+    import os
+
+    for name in _WEIGHT_FILES:
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            continue
+        if name.endswith(".index.json"):
+            with open(file, encoding="utf-8") as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+            files = [os.path.join(path, s) for s in shards]
+        else:
+            files = [file]
+        state: Dict[str, torch.Tensor] = {}
+        for shard in files:
+            if shard.endswith(".safetensors"):
+                from safetensors.torch import load_file
+                state.update(load_file(shard))
+            else:
+                state.update(torch.load(shard, map_location="cpu", weights_only=True))
+        return state
+    raise CompressedCheckpointError(f"load_compressed: {path} holds no weights ({', '.join(_WEIGHT_FILES)})")
+
+
+def _model_class(config):
+    """The model class ``config.architectures`` names: a bermo class for a BERMo config, else transformers'."""
+    names = list(getattr(config, "architectures", None) or [])
+    if getattr(config, "model_type", None) == "bermo":
+        from .. import models
+        candidates = [getattr(models, n, None) for n in names] + [models.BermoForSequenceClassification]
+    else:
+        import transformers
+        candidates = [getattr(transformers, n, None) for n in names]
+    for cls in candidates:
+        if isinstance(cls, type) and issubclass(cls, nn.Module):
+            return cls
+    raise CompressedCheckpointError(f"load_compressed: config.json names no model class this process knows "
+                                    f"(architectures={names!r}): pass model_class=")
+
+
+def _tied_keys(model: nn.Module) -> set:
+    tied = getattr(model, "all_tied_weights_keys", None)  # transformers 5: {target: source}
+    if tied is None:
+        tied = getattr(model, "_tied_weights_keys", None) or ()  # transformers 4: a list of (pattern) names
+    return set(tied)
+
+
+def load_compressed(path, model_class=None, dtype: Optional[torch.dtype] = None, device=None) -> nn.Module:
+    """Load a model that ``bermo.pruning.compress`` compressed and ``save_pretrained`` wrote to the directory
+    ``path``, with the modules its config records (smaller FFNs, removed heads, ``BlockSparseLinear`` layers), in
+    eval mode. Works for BERMo checkpoints (the same as their ``from_pretrained``) and for plain transformers
+    BERT-family ones (``BertForSequenceClassification``, ``BertModel``, ...).
+
+    Why plain models need it: a compressed BERMo model rebuilds its compressed modules in ``BermoModel.__init__``,
+    so ``from_pretrained`` works. transformers' own classes build the uncompressed layout, and bermo does not
+    patch them: their ``from_pretrained`` of a compressed checkpoint fails on the smaller tensors' sizes, or (a
+    checkpoint with block-sparse layers only) loads with the block-sparse weights missing, i.e. random. This
+    function builds the model from the checkpoint's config, rebuilds the compressed layout
+    (``rebuild_compressed_layout``), then loads every tensor, strictly.
+
+    ``model_class``: the class to build (default: the first of ``config.architectures`` that this process knows;
+    a base class such as ``BertModel`` also loads a checkpoint saved with a task head, dropping the head).
+    ``dtype``: the parameters' dtype (default: the config's ``dtype`` / ``torch_dtype``, else float32).
+
+    Raises ``CompressedCheckpointError`` for a checkpoint that was not compressed (load it with
+    ``from_pretrained``), one whose weights do not match its config's layout, or one with tensors missing or left
+    over."""
+    import os
+
+    from transformers import AutoConfig
+
+    from .. import models as _bermo_models  # noqa: F401  (registers BERMo with the Auto classes)
+
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise CompressedCheckpointError(f"load_compressed: {path!r} is not a directory written by save_pretrained")
+    config = AutoConfig.from_pretrained(path)
+    if layout_of(config) is None:
+        raise CompressedCheckpointError(f"load_compressed: {path} is not a compressed checkpoint (its config has no "
+                                        f"compressed_layout, which bermo.pruning.compress records): load it with "
+                                        f"from_pretrained")
+    cls = model_class if model_class is not None else _model_class(config)
+    if dtype is None:
+        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    from ..models.modeling_bermo import BermoPreTrainedModel
+    if issubclass(cls, BermoPreTrainedModel):
+        model = cls.from_pretrained(path, config=config, dtype=dtype)
+    else:
+        model = _load_plain(cls, config, path, dtype)
+    if device is not None:
+        model = model.to(device)
+    return model.eval()
+
+
+def _load_plain(cls, config, path: str, dtype: torch.dtype) -> nn.Module:
+    from .compression import _base_model
+
+    model = cls(config).to(dtype)
+    base, prefix = _base_model(model)
+    if base is None:
+        raise CompressedCheckpointError(f"load_compressed: {cls.__name__} holds no BERT-family base model "
+                                        f"(encoder.layer) to rebuild the compressed layout in")
+    rebuild_compressed_layout(base)
+    state = _read_state_dict(path)
+    if prefix == "" and getattr(model, "base_model_prefix", ""):
+        head = model.base_model_prefix + "."
+        if not any(k in model.state_dict() for k in state) and any(k.startswith(head) for k in state):
+            state = {k[len(head):]: v for k, v in state.items() if k.startswith(head)}  # a task checkpoint
+    check_checkpoint(model, state_dict=state)
+    result = nn.Module.load_state_dict(model, state, strict=False)
+    missing = [k for k in result.missing_keys if k not in _tied_keys(model)]
+    if missing or result.unexpected_keys:
+        raise CompressedCheckpointError(
+            f"load_compressed: the checkpoint at {path} does not fit the {cls.__name__} its config describes: "
+            f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, unexpected "
+            f"{result.unexpected_keys[:5]}{' ...' if len(result.unexpected_keys) > 5 else ''}")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    return model

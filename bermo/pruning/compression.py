@@ -211,16 +211,32 @@ def _final(p: _Pending, crossover: Optional[float], allow_block_sparse: bool) ->
 # ----------------------------------------------------------------------------------------------------------
 # compress
 # ----------------------------------------------------------------------------------------------------------
-def _bermo_base(model: nn.Module) -> Tuple[Optional[nn.Module], str]:
-    """The BERMo base model inside ``model`` (itself, or ``model.bert``) and its path prefix; (None, "") for other
-    models."""
+def _is_bert_base(module: nn.Module) -> bool:
+    """A BERT-family base model: a ``config`` with attention heads and an ``encoder.layer`` list of layers with
+    ``attention``, ``intermediate`` and ``output`` (transformers' ``BertModel``, ``BermoModel``, and the same
+    layout elsewhere)."""
+    config = getattr(module, "config", None)
+    layers = getattr(getattr(module, "encoder", None), "layer", None)
+    return (config is not None and hasattr(config, "num_attention_heads") and isinstance(layers, nn.ModuleList)
+            and len(layers) > 0
+            and all(hasattr(layer, a) for layer in layers for a in ("attention", "intermediate", "output")))
+
+
+def _base_model(model: nn.Module) -> Tuple[Optional[nn.Module], str]:
+    """The BERT-family base model inside ``model`` (itself, or e.g. ``model.bert``) and its path prefix: a
+    ``BermoModel`` if there is one, else the first module laid out as a BERT base model (``_is_bert_base``, e.g.
+    transformers' ``BertModel`` inside ``BertForSequenceClassification``); (None, "") for other models."""
     try:
         from ..models.modeling_bermo import BermoModel
     except ImportError:  # transformers missing: no BERMo models to find
-        return None, ""
-    for name, module in model.named_modules():
-        if isinstance(module, BermoModel):
-            return module, (name + "." if name else "")
+        BermoModel = None
+    named = list(model.named_modules())
+    for wanted in ((lambda m: isinstance(m, BermoModel)) if BermoModel is not None else None, _is_bert_base):
+        if wanted is None:
+            continue
+        for name, module in named:
+            if wanted(module):
+                return module, (name + "." if name else "")
     return None, ""
 
 
@@ -288,12 +304,17 @@ def compress(model: nn.Module, crossover: Optional[float] = None) -> nn.Module:
     Pass ``crossover`` (a float) to override for every layer: 0 makes only fully pruned layers block-sparse, 1
     every blockwise layer, a negative value none.
 
-    A compressed BERMo model (``BermoModel`` or a model around one) records its layout in its config
-    (``compressed_layout``, ``pruned_heads``; see ``bermo.pruning.compressed_checkpoint``): ``save_pretrained``
-    writes only kept blocks of block-sparse layers, and ``from_pretrained`` rebuilds the same modules before
-    loading. ``MaskedLinear`` layers outside the BERMo base model (a task head) become dense ``W * M`` layers of
-    unchanged shape, which any model loads. Other models are compressed the same way in memory, but nothing
-    records the layout for reloading.
+    A compressed BERT-family model (a ``BermoModel`` or transformers ``BertModel``, or a model around one such as
+    ``BertForSequenceClassification``) records its layout in its config (``compressed_layout``, ``pruned_heads``;
+    see ``bermo.pruning.compressed_checkpoint``), and ``save_pretrained`` writes only the kept blocks of
+    block-sparse layers. Reloading: BERMo's ``from_pretrained`` rebuilds the same modules before loading, and
+    ``bermo.pruning.load_compressed(path)`` loads any compressed checkpoint, BERMo or plain transformers BERT.
+    transformers' own ``from_pretrained`` (``BertForSequenceClassification.from_pretrained``) cannot: it builds
+    the uncompressed modules, then stops on the smaller tensors' sizes, or, for a checkpoint whose only change
+    is block-sparse layers, reports their weights missing and initialises them at random: use
+    ``load_compressed`` for those. ``MaskedLinear`` layers outside the base model (a task head) become dense
+    ``W * M`` layers of unchanged shape, which any model loads. Other models (no BERT-family base) are
+    compressed the same way in memory, but nothing records the layout for reloading.
 
     Raises ``TypeError`` for a non-module and ``ValueError`` for a model with no ``MaskedLinear`` (not prepared
     with ``bermo.pruning.prepare``, or already compressed).
@@ -310,17 +331,15 @@ def compress(model: nn.Module, crossover: Optional[float] = None) -> nn.Module:
                          "with bermo.pruning.prepare and train it first; a compressed model cannot be compressed "
                          "again)")
 
-    base, prefix = _bermo_base(model)
+    base, prefix = _base_model(model)
     surgery = _Surgery(model, masked)
-    config = getattr(base, "config", None) if base is not None else getattr(model, "config", None)
-    encoder_owner = base if base is not None else model
-    layers = getattr(getattr(encoder_owner, "encoder", None), "layer", None)
-    layer_prefix = prefix if base is not None else ""
+    config = getattr(base, "config", None)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
     intermediate_sizes, pruned = None, {}
     if layers is not None and config is not None and hasattr(config, "num_attention_heads"):
         intermediate_sizes = []
         for i, layer in enumerate(layers):
-            p = f"{layer_prefix}encoder.layer.{i}."
+            p = f"{prefix}encoder.layer.{i}."
             if not all(hasattr(layer, a) for a in ("attention", "intermediate", "output")):
                 intermediate_sizes = None
                 break
