@@ -1,0 +1,101 @@
+"""What the ``bermo`` subcommands share: the data options, reading a checkpoint's config, the metrics, and the
+error every bad input becomes (printed as ``bermo <command>: error: ...``, exit status 2, before any training
+starts)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+
+
+class CommandError(Exception):
+    """A bad input to a ``bermo`` command: the message says what is wrong and how to fix it."""
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, need_train: bool = True) -> None:
+    group = parser.add_argument_group("data (a GLUE task by name, or local files)")
+    group.add_argument("--task", help="a GLUE task (sst2, mnli, qqp, ...), loaded through HF datasets from the hub")
+    if need_train:
+        group.add_argument("--train-file", help="training data: GLUE-style .tsv (header, no quoting), .csv or .jsonl")
+    group.add_argument("--validation-file", help="dev data, same format")
+    group.add_argument("--test-file", help="test data, same format (labels optional)")
+    group.add_argument("--text-columns", help="comma-separated text column(s), e.g. 'sentence' or "
+                                              "'question1,question2' (default: inferred from the header)")
+    group.add_argument("--label-column", default="label", help="the label column (default: label)")
+    group.add_argument("--max-length", type=int, default=128, help="tokens per example after truncation")
+
+
+def load_data(args: argparse.Namespace):
+    """``bermo.data.load_text_classification`` from the command's options; its errors become CommandErrors."""
+    from ..data.text_classification import load_text_classification
+
+    files = {k: getattr(args, k, None) for k in ("train_file", "validation_file", "test_file")}
+    columns = tuple(c.strip() for c in args.text_columns.split(",")) if args.text_columns else None
+    if columns is not None and (not all(columns) or len(columns) > 2):
+        raise CommandError(f"--text-columns {args.text_columns!r}: give one or two column names, comma-separated")
+    try:
+        return load_text_classification(task=args.task, **files, text_columns=columns,
+                                        label_column=args.label_column)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        raise CommandError(str(err).strip("'\"")) from err
+
+
+def checkpoint_config(path: str, what: str = "--model"):
+    """The transformers config of a BERT-family checkpoint (BERT or BERMo; bare, with a head, pruned or
+    compressed), or a CommandError saying what ``path`` is instead."""
+    import bermo.models  # noqa: F401  (registers model_type "bermo")
+    from transformers import AutoConfig
+
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise CommandError(f"{what} {path}: the folder has no config.json, so it is not a transformers checkpoint")
+    if not os.path.exists(path) and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+        raise CommandError(f"{what} {path}: no such folder")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as err:  # transformers raises OSError/ValueError/EnvironmentError with long texts
+        raise CommandError(f"{what} {path}: not a loadable transformers checkpoint ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0] if str(err) else ''})") from err
+    if config.model_type not in ("bert", "bermo"):
+        raise CommandError(f"{what} {path}: a {config.model_type!r} checkpoint; bermo works with BERT "
+                           "checkpoints (model_type 'bert') and BERMo ones ('bermo')")
+    return config
+
+
+def metrics_function(num_labels: int):
+    """``compute_metrics`` for the Trainer: accuracy, macro F1 (F1 of class 1 for two classes) and the share of
+    the most frequent predicted label (what the divergence check reads)."""
+
+    def compute(eval_pred) -> Dict[str, float]:
+        logits = eval_pred.predictions
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        preds = np.asarray(logits).argmax(-1)
+        labels = np.asarray(eval_pred.label_ids)
+        return {"accuracy": float((preds == labels).mean()), "f1": f1_score(labels, preds, num_labels),
+                "predicted_majority_share": float(np.bincount(preds, minlength=num_labels).max() / len(preds))}
+
+    return compute
+
+
+def f1_score(labels: np.ndarray, preds: np.ndarray, num_labels: int) -> float:
+    """F1 of the positive class for two labels, the unweighted mean over classes otherwise."""
+    scores = []
+    for c in ([1] if num_labels == 2 else range(num_labels)):
+        tp = float(((preds == c) & (labels == c)).sum())
+        fp = float(((preds == c) & (labels != c)).sum())
+        fn = float(((preds != c) & (labels == c)).sum())
+        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores))
+
+
+def write_json(path: str, payload: Dict[str, Any]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=1, default=str)
+
+
+def comma_floats(text: Optional[str]) -> Optional[Sequence[float]]:
+    return None if text is None else [float(v) for v in text.split(",") if v.strip()]

