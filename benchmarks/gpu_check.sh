@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine: environment, install, every test (GPU ones included), then the GPU benchmarks.
 #
-#     OUT=/some/dir bash benchmarks/gpu_check.sh [tests|bench|all]
+#     OUT=/some/dir bash benchmarks/gpu_check.sh [tests|bench|all|masked]
+#
+# ``masked``: the masked-linear / block-sparse work alone, sized for one call of about 8 minutes: the GPU
+# benchmarks first (each checks its own outputs against float64 / float32 references), then the Triton tests of
+# those ops on CUDA, three files side by side (their Triton compiles dominate), with whatever time is left;
+# everything in $OUT/masked.log plus the result tables.
 #
 # Written for a short lease: each step has its own time limit, logs go under $OUT (what comes back from the
 # machine), and a failing step does not stop the later ones. The machine has torch, triton and transformers
@@ -20,6 +25,46 @@ PY=${PY:-python3}
 } 2>&1 | tee "$OUT/env.txt"
 
 $PY -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "Running pip as the 'root'" | tail -3
+
+if [[ $what == masked ]]; then
+  L="$OUT/masked.log"
+  start=$SECONDS
+  step() {  # step NAME SECONDS COMMAND...: run under its own time limit, log it, say how it ended
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name (limit ${limit}s, at $((SECONDS - start))s)" >>"$L"
+    timeout "$limit" "$@" >>"$L" 2>&1
+    local rc=$?
+    echo "=== $name exit $rc after $((SECONDS - start))s" | tee -a "$L"
+  }
+  cat "$OUT/env.txt" >>"$L"
+  step "masked_linear benchmark" "${ML_TIMEOUT:-170}" $PY benchmarks/masked_linear.py --out "$OUT" \
+    --densities 1.0 0.1 --reps "${ML_REPS:-20}" ${ML_ARGS:-}
+  step "block_sparse_gpu benchmark" "${BSG_TIMEOUT:-80}" $PY benchmarks/block_sparse_gpu.py --out "$OUT" \
+    --blocks 32 64 --densities 1.0 0.1 0.05 --reps "${BSG_REPS:-20}"
+  step "pruned_throughput benchmark" "${PT_TIMEOUT:-110}" $PY benchmarks/pruned_throughput.py --out "$OUT" \
+    --reps "${PT_REPS:-10}" ${PT_ARGS:-}
+  left=$(( ${MASKED_BUDGET:-480} - (SECONDS - start) ))
+  (( left < 60 )) && left=60
+  echo "=== tests (limit ${left}s each, side by side)" | tee -a "$L"
+  for t in "parity:tests/test_masked_linear_parity.py:triton" \
+           "block_sparse:tests/test_block_sparse_linear.py:triton or cuda" \
+           "tiles_module:tests/test_masked_linear_tiles.py tests/test_masked_linear_module.py:triton or gpu"; do
+    IFS=: read -r name files sel <<<"$t"
+    ( timeout "$left" $PY -m pytest -q -rf -p no:cacheprovider --durations=5 $files -k "$sel" \
+        >"$OUT/pytest_$name.txt" 2>&1; echo "pytest $name exit $?" >>"$OUT/pytest_$name.txt" ) &
+  done
+  wait
+  for name in parity block_sparse tiles_module; do
+    echo "=== pytest $name" >>"$L"
+    cat "$OUT/pytest_$name.txt" >>"$L"
+    grep -E "passed|failed|error|exit" "$OUT/pytest_$name.txt" | tail -3
+    rm -f "$OUT/pytest_$name.txt"
+  done
+  grep -E "^#|PARITY|Error|Traceback" "$L" | head -20
+  rm -f "$OUT/env.txt"  # (in the log: at most 8 files come back from a lent machine)
+  echo "total $((SECONDS - start))s"
+fi
 
 if [[ $what == all || $what == tests ]]; then
   # Every test, less what runs on the CPU alone and CI covers (the ahead-of-time compile sweep, the CPU

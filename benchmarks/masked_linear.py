@@ -16,6 +16,12 @@ Useful FLOPs: forward ``2 T N K d`` (d = the kept fraction of the weights); trai
 provider's figure is lower than the work it does. Errors: max |x - ref| / max |ref| against float64 over the
 output and every gradient; the run exits non-zero when bermo's error exceeds the dtype's tolerance and 4x the
 eager masked provider's error.
+
+Timing (GPU): ``call`` times each provider called from Python as usual (host work included: on a slow host
+the launches, not the device, set the time); ``graph`` times the replay of a CUDA graph captured from the same
+call (what ``torch.compile(mode="reduce-overhead")`` users get): the device work alone. bermo builds its
+kept-tile lists on the device without a host sync, so its calls are capturable. The ratio columns compare
+providers within one timing; graph rows' errors are those of the replayed outputs.
 """
 from __future__ import annotations
 
@@ -77,7 +83,23 @@ def rel_err(got, want):
                for a, r in zip(got, want))
 
 
-def bench_case(T, N, K, block_name, density, dtype, device, reps):
+def capture(fn):
+    """A CUDA graph of ``fn()`` (warmed up on a side stream, as torch.cuda.graph asks) and its static outputs."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    return graph, out
+
+
+def bench_case(T, N, K, block_name, density, dtype, device, reps, graphs=False):
     block_shape = BLOCKS[block_name](N, K)
     x, w, b, mask, dy = make_case(T, N, K, block_shape, density, dtype, device)
     kept = mask.mean().item()
@@ -90,33 +112,42 @@ def bench_case(T, N, K, block_name, density, dtype, device, reps):
         y = fn(*leaves)
         grads = torch.autograd.grad(y, leaves, dy, allow_unused=True)
         if name == "dense":
-            errors[name] = None  # computes another function (no pruning)
+            errors[(name, "call")] = None  # computes another function (no pruning)
         else:
-            errors[name] = rel_err([y, *grads], want)
+            errors[(name, "call")] = rel_err([y, *grads], want)
 
         def forward(fn=fn):
             return fn(*leaves)
 
         def step(fn=fn):
             return torch.autograd.grad(fn(*leaves), leaves, dy, allow_unused=True)
-        cases["forward"][name] = (forward, None)
-        cases["train step"][name] = (step, None)
+        cases["forward"][(name, "call")] = (forward, None)
+        cases["train step"][(name, "call")] = (step, None)
+        if graphs:
+            for mode, f, ref in (("forward", forward, want[:1]), ("train step", step, want[1:])):
+                graph, out = capture(f)
+                out = [out] if isinstance(out, torch.Tensor) else list(out)
+                errors[(name, "graph", mode)] = None if name == "dense" else rel_err(out, ref)
+                cases[mode][(name, "graph")] = (graph.replay, None)
     rows = []
     for mode, mode_cases in cases.items():
-        timings = time_interleaved(mode_cases, device, reps=reps, desc=f"{mode} {N}x{K} {block_name} {density}")
-        for name, t in timings.items():
+        named = {f"{p} ({t})": c for (p, t), c in mode_cases.items()}
+        timings = time_interleaved(named, device, reps=reps, desc=f"{mode} {N}x{K} {block_name} {density}")
+        for (name, timing) in mode_cases:
+            t = timings[f"{name} ({timing})"]
+            err = errors[(name, "call")] if timing == "call" else errors[(name, "graph", mode)]
             rows.append({"shape": f"{N}x{K} T={T}", "block": block_name, "density": density, "kept": kept,
-                         "dtype": str(dtype).replace("torch.", ""), "mode": mode, "provider": name, **t,
-                         "tflops": flops[mode] / (t["median_ms"] * 1e-3) / 1e12,
-                         "x_eager": timings["eager masked"]["median_ms"] / t["median_ms"],
-                         "x_dense": timings["dense"]["median_ms"] / t["median_ms"],
-                         "max_rel_err": errors[name]})
+                         "dtype": str(dtype).replace("torch.", ""), "mode": mode, "timing": timing, "provider": name,
+                         **t, "tflops": flops[mode] / (t["median_ms"] * 1e-3) / 1e12,
+                         "x_eager": timings[f"eager masked ({timing})"]["median_ms"] / t["median_ms"],
+                         "x_dense": timings[f"dense ({timing})"]["median_ms"] / t["median_ms"],
+                         "max_rel_err": err})
     return rows
 
 
 COLUMNS = [("shape", "shape", ""), ("block", "block", ""), ("density", "density", ""), ("mode", "mode", ""),
-           ("provider", "provider", ""), ("median ms", "median_ms", "{:.3f}"), ("p20 ms", "p20_ms", "{:.3f}"),
-           ("p80 ms", "p80_ms", "{:.3f}"), ("useful TFLOP/s", "tflops", "{:.3f}"),
+           ("timing", "timing", ""), ("provider", "provider", ""), ("median ms", "median_ms", "{:.3f}"),
+           ("p20 ms", "p20_ms", "{:.3f}"), ("p80 ms", "p80_ms", "{:.3f}"), ("useful TFLOP/s", "tflops", "{:.3f}"),
            ("x eager masked", "x_eager", "{:.2f}x"), ("x dense", "x_dense", "{:.2f}x"),
            ("max rel err", "max_rel_err", "{:.1e}")]
 
@@ -134,10 +165,13 @@ def main(argv=None) -> int:
                         help="your own weight shape (repeat for several; default BERT-base's three)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="default float32 on a CPU, bfloat16 on a GPU")
+    parser.add_argument("--no-graphs", action="store_true",
+                        help="GPU: skip the CUDA-graph timing (by default each provider is timed both ways)")
     add_output_args(parser)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
+    graphs = gpu and not args.no_graphs
     if device.type == "cpu":
         steady_state_malloc()
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if gpu else torch.float32)
@@ -154,7 +188,7 @@ def main(argv=None) -> int:
     for N, K in shapes:
         for block_name in blocks:
             for density in densities:
-                case = bench_case(T, N, K, block_name, density, dtype, device, reps)
+                case = bench_case(T, N, K, block_name, density, dtype, device, reps, graphs)
                 rows += case
                 print("\n".join(markdown_table(case, COLUMNS).splitlines()[2:]), flush=True)  # rows as they come
     table = markdown_table(rows, COLUMNS)
@@ -163,12 +197,13 @@ def main(argv=None) -> int:
         for path in write_results("masked_linear" + ("_quick" if args.quick else ""), env, rows, table,
                                   output_dir(args), __doc__.split("\n\n", 2)[2].strip()):
             print(f"wrote {path}")
-    eager = {(r["shape"], r["block"], r["density"], r["mode"]): r["max_rel_err"] for r in rows
-             if r["provider"] == "eager masked"}
+    def key(r):
+        return r["shape"], r["block"], r["density"], r["mode"], r["timing"]
+    eager = {key(r): r["max_rel_err"] for r in rows if r["provider"] == "eager masked"}
     bad = [r for r in rows if r["provider"] == "bermo" and not r["max_rel_err"] <= max(
-        PARITY_TOL[dtype], 4 * eager[(r["shape"], r["block"], r["density"], r["mode"])])]
+        PARITY_TOL[dtype], 4 * eager[key(r)])]
     for r in bad:
-        print(f"PARITY FAILURE: bermo {r['shape']} {r['block']} {r['density']} {r['mode']}: "
+        print(f"PARITY FAILURE: bermo {r['shape']} {r['block']} {r['density']} {r['mode']} ({r['timing']}): "
               f"max rel err {r['max_rel_err']:.2e}", file=sys.stderr)
     return 1 if bad else 0
 

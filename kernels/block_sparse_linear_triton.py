@@ -63,7 +63,7 @@ def bsr_linear_kernel(x_ptr, crow_ptr, col_ptr, v_ptr, bias_ptr, y_ptr, M, N, K,
                 k_ok = kk < bi
                 a = tl.load(x_blk + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
                 b = tl.load(v_blk + kk[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-            acc += _dot(a, b, IEEE, DOT_F32)
+            acc = _dot(a, b, acc, IEEE, DOT_F32)
     rn = i.to(tl.int64) * bo + ln
     if HAS_BIAS:
         if EVEN:
@@ -79,7 +79,7 @@ def bsr_linear_kernel(x_ptr, crow_ptr, col_ptr, v_ptr, bias_ptr, y_ptr, M, N, K,
 # ----------------------------------------------------------------------------------------------------------
 # Tiles
 # ----------------------------------------------------------------------------------------------------------
-BM = 64
+BM = 128  # tokens per program (GPU-sized: a 128 x 32 output tile per 32 x 32 block row slice)
 SIDE_CHOICES = (64, 32, 16)
 
 

@@ -1,0 +1,198 @@
+"""The masked-linear Triton launchers' tile machinery (the interpreter without a GPU, CUDA with one): the kept-tile
+lists built on the device, both grad-weight tiles with the mask gradient, the bias gradient fused into the
+grad-weight pass (a pruned first tile column included); and, on a GPU only, BERT-base-sized parity, CUDA-graph
+capture of a whole training step, and BlockSparseLinear at an FFN shape."""
+import importlib
+import warnings
+import zlib
+
+import pytest
+import torch
+
+from conftest import HAS_CUDA, HAS_TRITON, TRITON_DEVICE
+
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
+ml = importlib.import_module("bermo.ops.masked_linear")
+DEV = TRITON_DEVICE
+TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 3e-3}
+
+
+def _tri():
+    from bermo.kernels import masked_linear_triton as tri
+    return tri
+
+
+def _case(T, N, K, block, density, dtype, seed, mask_kind="bool", zero_first_col=False):
+    gen = torch.Generator().manual_seed(seed)
+    bo, bi = block
+    x = torch.randn(T, K, generator=gen).to(dtype)
+    w = (torch.randn(N, K, generator=gen) / K ** 0.5).to(dtype)
+    b = torch.randn(N, generator=gen).to(dtype)
+    mask = torch.rand(N // bo, K // bi, generator=gen) < density
+    if zero_first_col:
+        mask[:, : max(1, 64 // bi)] = False
+    if mask_kind == "float":
+        mask = torch.rand(mask.shape, generator=gen) * mask
+    dy = torch.randn(T, N, generator=gen).to(dtype)
+    return x, w, b, mask, dy
+
+
+def _reference(x, w, b, mask, block, dy):
+    leaves = [t.detach().double().requires_grad_() for t in (x, w, b, mask)]
+    x64, w64, b64, m64 = leaves
+    y = x64 @ (w64 * torch.kron(m64, torch.ones(block, dtype=torch.float64))).T + b64
+    y.backward(dy.double())
+    return [y.detach()] + [t.grad for t in leaves]
+
+
+def _run(x, w, b, mask, block, dy, mask_grad, device=DEV):
+    xs, ws, bs = (t.detach().to(device).requires_grad_() for t in (x, w, b))
+    ms = mask.detach().to(device)
+    if mask_grad:
+        ms.requires_grad_()
+    y = ml.masked_linear(xs, ws, ms, bs, block, backend="triton")
+    y.backward(dy.to(device))
+    return [y, xs.grad, ws.grad, bs.grad, ms.grad if mask_grad else None]
+
+
+def _compare(got, want, dtype, label):
+    for name, a, r in zip(["output", "grad x", "grad weight", "grad bias", "grad mask"], got, want):
+        if a is None:
+            continue
+        scale = r.abs().max().item() or 1.0
+        tol = TOL[dtype] * (4 if name == "grad mask" else 1) * scale
+        err = (a.detach().cpu().double() - r).abs().max().item()
+        assert err <= tol, f"{label}{name}: max abs error {err:.3e} > {tol:.3e}"
+
+
+@pytest.mark.parametrize("block,tile", [((32, 32), 32), ((16, 32), 16), ((64, 128), 64), ((32, 64), 32)], ids=str)
+@pytest.mark.parametrize("transpose", [False, True], ids=["rows", "columns"])
+def test_kept_tile_lists(block, tile, transpose):
+    tri = _tri()
+    N, K = 256, 384
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((block, tile, transpose)).encode()))
+    mask = (torch.rand(N // block[0], K // block[1], generator=gen) < 0.4).float()
+    mask[0] = 0  # an empty row of blocks
+    lists = tri.kept_tiles(mask.to(DEV), block, tile, (N, K), transpose)
+    keep = mask.repeat_interleave(block[0] // tile, 0).repeat_interleave(block[1] // tile, 1) != 0
+    if transpose:
+        keep = keep.t()
+    order, count = tri.tile_lists(lists.cpu(), keep.shape[0], keep.shape[1])
+    for r in range(keep.shape[0]):
+        want = torch.nonzero(keep[r]).flatten().tolist()
+        assert int(count[r]) == len(want), r
+        assert order[r, :len(want)].tolist() == want, r
+
+
+@pytest.mark.parametrize("gw_tile", [64, 128])
+@pytest.mark.parametrize("block", [(32, 32), (1, 1), (1, "K"), (16, 32), (20, 12)], ids=str)
+def test_grad_weight_tiles_with_mask_gradient(monkeypatch, gw_tile, block):
+    tri = _tri()
+    monkeypatch.setattr(tri, "gw_tile", lambda N, K, device: gw_tile)
+    N, K, T = 160, 192, 70
+    bs = (block[0], K if block[1] == "K" else block[1])
+    dtype = torch.float32
+    x, w, b, mask, dy = _case(T, N, K, bs, 0.5, dtype, seed=zlib.crc32(repr((gw_tile, block)).encode()),
+                              mask_kind="float")
+    got = _run(x, w, b, mask, bs, dy, mask_grad=True)
+    _compare(got, _reference(x, w, b, mask, bs, dy), dtype, f"{bs} tile {gw_tile}: ")
+
+
+@pytest.mark.parametrize("block", [(32, 32), (16, 16), (1, 1)], ids=str)
+def test_bias_gradient_with_a_pruned_first_tile_column(block):
+    """Without the mask gradient, pruned tiles skip the product; the programs of tile column 0 still sum dY."""
+    dtype = torch.float32
+    x, w, b, mask, dy = _case(50, 96, 128, block, 0.6, dtype, seed=11, zero_first_col=True)
+    got = _run(x, w, b, mask, block, dy, mask_grad=False)
+    _compare(got, _reference(x, w, b, mask, block, dy), dtype, f"{block}: ")
+
+
+def test_bias_not_requiring_grad():
+    dtype = torch.float32
+    x, w, b, mask, dy = _case(33, 64, 96, (32, 32), 0.5, dtype, seed=12)
+    xs, ws = x.detach().to(DEV).requires_grad_(), w.detach().to(DEV).requires_grad_()
+    y = ml.masked_linear(xs, ws, mask.to(DEV), b.to(DEV), (32, 32), backend="triton")
+    y.backward(dy.to(DEV))
+    want = _reference(x, w, b, mask, (32, 32), dy)
+    _compare([y, xs.grad, ws.grad], want[:3], dtype, "")
+
+
+# ------------------------------------------------------------------------------------------------ GPU only
+gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("block,density", [((32, 32), 0.1), ((32, 32), 1.0), ((1, 1), 0.5), ((1, "K"), 0.3)],
+                         ids=str)
+@pytest.mark.parametrize("shape", [(768, 3072), (768, 768)], ids=str)
+def test_bert_base_parity_on_gpu(dtype, block, density, shape):
+    N, K = shape
+    bs = (block[0], K if block[1] == "K" else block[1])
+    x, w, b, mask, dy = _case(1000, N, K, bs, density, dtype, seed=zlib.crc32(repr((shape, block)).encode()),
+                              mask_kind="float")
+    got = _run(x, w, b, mask, bs, dy, mask_grad=True, device="cuda")
+    _compare(got, _reference(x, w, b, mask, bs, dy), dtype, f"{shape} {bs} {density}: ")
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("block", [(32, 32), (1, 1)], ids=str)
+def test_training_step_is_capturable_in_a_cuda_graph(block):
+    """No host sync anywhere in a call: the whole step (forward, every gradient) replays from a CUDA graph with
+    the eager call's results, bit for bit."""
+    x, w, b, mask, dy = _case(512, 384, 256, block, 0.3, torch.bfloat16, seed=13, mask_kind="float")
+    leaves = [t.cuda().requires_grad_() for t in (x, w, b, mask)]
+    dyc = dy.cuda()
+
+    def step():
+        y = ml.masked_linear(*leaves[:2], leaves[3], leaves[2], block, backend="triton")
+        return (y,) + torch.autograd.grad(y, leaves, dyc)
+
+    eager = [t.clone() for t in step()]
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+    for t in out:
+        t.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, e in zip(out, eager):
+        assert torch.equal(a, e)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("block", [16, 32, 64])
+def test_block_sparse_linear_ffn_shape_on_gpu(block):
+    from bermo.nn import BlockSparseLinear
+
+    gen = torch.Generator().manual_seed(block)
+    N, K, T = 3072, 768, 1000
+    mask = torch.rand(N // block, K // block, generator=gen) < 0.1
+    w = (torch.randn(N, K, generator=gen) / K ** 0.5) * torch.kron(mask.float(), torch.ones(block, block))
+    b, x = torch.randn(N, generator=gen), torch.randn(T, K, generator=gen)
+    want = x.double() @ w.double().T + b.double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        layer = BlockSparseLinear.from_dense(w.cuda().bfloat16(), b.cuda().bfloat16(), (block, block),
+                                             mask=mask.cuda())
+    xc = x.cuda().bfloat16()
+    with torch.no_grad():
+        y = layer(xc)
+        err = (y.double().cpu() - want).abs().max().item() / want.abs().max().item()
+        assert err <= 2e-2
+        graph = torch.cuda.CUDAGraph()
+        layer(xc)
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph):
+            out = layer(xc)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, y)
