@@ -49,7 +49,7 @@ if [[ $what == masked ]]; then
   echo "=== tests (limit ${left}s each, side by side)" | tee -a "$L"
   for t in "parity:tests/test_masked_linear_parity.py:triton" \
            "block_sparse:tests/test_block_sparse_linear.py:triton or cuda" \
-           "tiles_module:tests/test_masked_linear_tiles.py tests/test_masked_linear_module.py:triton or gpu"; do
+           "tiles_module:tests/test_masked_linear_tiles.py tests/test_masked_linear_module.py:triton or gpu or tiles"; do
     IFS=: read -r name files sel <<<"$t"
     ( timeout "$left" $PY -m pytest -q -rf -p no:cacheprovider --durations=5 $files -k "$sel" \
         >"$OUT/pytest_$name.txt" 2>&1; echo "pytest $name exit $?" >>"$OUT/pytest_$name.txt" ) &
