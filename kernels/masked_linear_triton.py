@@ -23,7 +23,7 @@ Three kernels do all the work, at most two launches per pass:
 
 Tiles (GPU-sized; the interpreter runs the same): 128 tokens (32 in float32) by the block side (16, 32 or 64;
 64 for blocks that straddle) in the products; (128, 128) or (64, 64) tiles of G with the mask gradient (64 when 128 would
-leave the GPU's multiprocessors idle), the block side without it. Accumulation is float32 (``tl.dot(a, b, acc)``
+leave the GPU's multiprocessors idle, and always for element-wise block sums), the block side without it. Accumulation is float32 (``tl.dot(a, b, acc)``
 with ``ieee`` precision for float32 inputs, as PyTorch's default float32 matmul); float16/bfloat16 operands go
 to the tensor cores. ``num_stages`` is Triton's default (3): it fits the shared memory of sm_80 and sm_90 for
 every tile here, and it is what ``python -m bermo.kernels.compile`` builds and checks.
@@ -409,6 +409,11 @@ def grad_weight(dy2d: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, mas
     if need_mask_grad:
         bn = bk = gw_tile(N, K, weight.device)
         gbn, gbk = granularity(block_shape, bn)
+        if bn > GW_TILES[1] and min(gbn, gbk) == 1:
+            # element-wise block sums (rows, columns, (1, 1)) in 128 x 128 tiles gave wrong grad-weight values in
+            # bfloat16 on an H100 (Triton 3.6, GPU_NOTES call 4); the 64 x 64 tiles were right there
+            bn = bk = GW_TILES[1]
+            gbn, gbk = granularity(block_shape, bn)
     else:
         bn = bk = tile_sides(block_shape)
         gbn = gbk = 1
@@ -473,7 +478,8 @@ def compile_configurations():
                   "UNIFORM": "constexpr", "IEEE": "constexpr", "DOT_F32": "constexpr", "BM": "constexpr",
                   "BN": "constexpr", "BK": "constexpr", "GBN": "constexpr", "GBK": "constexpr"}
         variants = [(True, tile, uniform, g) for tile in GW_TILES for uniform in (True, False)
-                    for g in ([(tile, tile)] if uniform else _gw_granularities(tile))]
+                    for g in ([(tile, tile)] if uniform else _gw_granularities(tile))
+                    if tile == GW_TILES[1] or min(g) > 1]
         variants += [(False, side, uniform, (1, 1)) for side in SIDE_CHOICES for uniform in (True, False)]
         for need, tile, uniform, (gbn, gbk) in variants:
             bm = gw_bm(dtype, need)

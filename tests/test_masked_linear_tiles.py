@@ -143,24 +143,25 @@ def test_training_step_is_capturable_in_a_cuda_graph(block):
     """No host sync anywhere in a call: the whole step (forward, every gradient) replays from a CUDA graph with
     the eager call's results, bit for bit."""
     x, w, b, mask, dy = _case(512, 384, 256, block, 0.3, torch.bfloat16, seed=13, mask_kind="float")
-    leaves = [t.cuda().requires_grad_() for t in (x, w, b, mask)]
-    dyc = dy.cuda()
-
-    def step():
-        y = ml.masked_linear(*leaves[:2], leaves[3], leaves[2], block, backend="triton")
-        return (y,) + torch.autograd.grad(y, leaves, dyc)
-
-    eager = [t.clone() for t in step()]
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
+    with torch.cuda.stream(stream):  # leaves first used on the capturing stream (see benchmarks/masked_linear.py)
+        leaves = [t.cuda().requires_grad_() for t in (x, w, b, mask)]
+        dyc = dy.cuda()
+
+        def step():
+            y = ml.masked_linear(*leaves[:2], leaves[3], leaves[2], block, backend="triton")
+            return (y,) + torch.autograd.grad(y, leaves, dyc)
+
+        eager = [t.clone() for t in step()]
         step()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            out = step()
     torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = step()
-    for t in out:
-        t.fill_(float("nan"))
+    with torch.no_grad():
+        for t in out[1:]:  # (the output is a view made by the autograd Function: not written in place)
+            t.fill_(float("nan"))
     graph.replay()
     torch.cuda.synchronize()
     for a, e in zip(out, eager):
