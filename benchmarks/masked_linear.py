@@ -84,7 +84,8 @@ def rel_err(got, want):
 
 
 def capture(make_fn):
-    """A CUDA graph of ``fn = make_fn()`` and its static outputs, or None when it cannot be captured.
+    """``(graph, static outputs, fn)`` for ``fn = make_fn()``, or None when it cannot be captured. Keep ``fn``
+    alive as long as the graph: it holds the graph's input tensors (freed, the replays would read freed memory).
 
     ``make_fn`` builds the call on fresh leaves; it runs, is warmed up and is captured on one side stream, so the
     autograd engine's streams for those leaves (set where they are first used) are the capturing stream itself:
@@ -107,7 +108,7 @@ def capture(make_fn):
         torch.cuda.synchronize()
         print(f"no CUDA graph: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return None
-    return graph, out
+    return graph, out, fn
 
 
 def bench_case(T, N, K, block_name, density, dtype, device, reps, graphs=False):
@@ -145,10 +146,10 @@ def bench_case(T, N, K, block_name, density, dtype, device, reps, graphs=False):
                 captured = capture(lambda mode=mode: make(mode))
                 if captured is None:
                     continue
-                graph, out = captured
+                graph, out, keep = captured
                 out = [out] if isinstance(out, torch.Tensor) else list(out)
                 errors[(name, "graph", mode)] = None if name == "dense" else rel_err(out, ref)
-                cases[mode][(name, "graph")] = (graph.replay, None)
+                cases[mode][(name, "graph")] = (lambda graph=graph, keep=keep: graph.replay(), None)
     rows = []
     for mode, mode_cases in cases.items():
         named = {f"{p} ({t})": c for (p, t), c in mode_cases.items()}
