@@ -262,14 +262,14 @@ def _base_model(model: nn.Module) -> Tuple[Optional[nn.Module], str]:
     """The BERT-family base model inside ``model`` (itself, or e.g. ``model.bert``) and its path prefix: a
     ``BermoModel`` if there is one, else the first module laid out as a BERT base model (``_is_bert_base``, e.g.
     transformers' ``BertModel`` inside ``BertForSequenceClassification``); (None, "") for other models."""
+    tests = [_is_bert_base]
     try:
         from ..models.modeling_bermo import BermoModel
+        tests.insert(0, lambda module: isinstance(module, BermoModel))
     except ImportError:  # transformers missing: no BERMo models to find
-        BermoModel = None
+        pass
     named = list(model.named_modules())
-    for wanted in ((lambda m: isinstance(m, BermoModel)) if BermoModel is not None else None, _is_bert_base):
-        if wanted is None:
-            continue
+    for wanted in tests:
         for name, module in named:
             if wanted(module):
                 return module, (name + "." if name else "")
