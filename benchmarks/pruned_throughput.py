@@ -1,7 +1,7 @@
 """Throughput of pruned and compressed layers and models: are they genuinely faster than the dense ones?
 
-    python benchmarks/pruned_throughput.py [--quick] [--device cpu|cuda] [--parts layers model] [--no-minilm]
-                                           [--record]
+    python benchmarks/pruned_throughput.py [--quick] [--device cpu|cuda] [--parts layers model minilm]
+                                           [--no-minilm] [--record]
 
 Part 1, per layer: BERT-base shapes (768x768, 3072x768, 768x3072; out x in) at 1024 tokens on a CPU (4096 on a
 GPU), densities 1.0 0.5 0.3 0.1 0.05, blocks 16, 32, 64 and whole rows. Providers: dense ``nn.Linear``,
