@@ -123,16 +123,23 @@ def test_train_pruned_and_compressed(tiny, tmp_path, arch):
 
 
 def test_resume_continues_the_run(tiny, tmp_path):
-    out = tmp_path / "run"
-    assert _train(tiny, out, "--save-steps", "2", steps=4) == 0
-    assert os.path.isdir(out / "checkpoint-4")
-    first = _summary(out)
-    assert _train(tiny, out, "--save-steps", "2", "--resume", steps=6) == 0
-    second = _summary(out)
-    assert second["steps"] == 6
-    curve = json.load(open(out / "curve.json"))
-    assert [r["step"] for r in curve["eval"]] == [2, 4, 6]  # the resumed run keeps the first part of the curve
-    assert curve["eval"][1]["eval_accuracy"] == first["final_dev"]["eval_accuracy"]
+    whole = tmp_path / "whole"
+    assert _train(tiny, whole, "--save-steps", "2", steps=6) == 0
+    assert os.path.isdir(whole / "checkpoint-4")
+    # a run stopped after step 4: its folder as it was then (the checkpoint and the curve so far)
+    cut = tmp_path / "cut"
+    shutil.copytree(whole / "checkpoint-4", cut / "checkpoint-4")
+    curve = json.load(open(whole / "curve.json"))
+    json.dump({"train": [r for r in curve["train"] if r["step"] <= 4], "eval": curve["eval"][:2], "divergence": []},
+              open(cut / "curve.json", "w"))
+    assert _train(tiny, cut, "--save-steps", "2", "--resume", steps=6) == 0
+    resumed = _summary(cut)
+    assert resumed["steps"] == 6
+    assert [r["step"] for r in json.load(open(cut / "curve.json"))["eval"]] == [2, 4, 6]
+    # the resumed run ends exactly where the uninterrupted one did (model, optimizer, schedule, data order and
+    # random state all restored)
+    assert resumed["parameter_digest"] == _summary(whole)["parameter_digest"]
+    assert resumed["final_dev"]["eval_loss"] == pytest.approx(_summary(whole)["final_dev"]["eval_loss"], rel=1e-6)
 
 
 def test_divergence_is_detected_and_reported(tiny, tmp_path, capsys):
@@ -174,11 +181,91 @@ def test_collapse_to_one_class_counts_as_diverged(tmp_path):
     assert not never.diverged
     never.check_final(state)
     assert never.diverged and never.events[0]["kind"] == "ended_collapsed"
+    # a model that is right on an imbalanced dev set is not collapsed, though it predicts one class
+    right = CurveCallback(str(tmp_path / "d"), dev_majority_share=0.97)
+    evaluate(right, 10, 0.995, 0.98)
+    right.check_final(SimpleNamespace(global_step=10, is_world_process_zero=True))
+    assert not right.diverged
+    # a resumed run's detector knows what happened before its checkpoint
+    resumed = CurveCallback(str(tmp_path / "a"), dev_majority_share=0.5)
+    resumed.resume_from(str(tmp_path / "a" / "curve.json"), str(tmp_path / "checkpoint-20"))
+    assert resumed.best_accuracy == 0.7 and [r["step"] for r in resumed.evals] == [10, 20]
+    evaluate(resumed, 30, 0.5, 1.0)
+    assert [e["kind"] for e in resumed.events] == ["collapsed"]
     # a dev set that is itself (nearly) one class is no evidence of collapse
     calm = CurveCallback(str(tmp_path / "c"), dev_majority_share=0.99)
     evaluate(calm, 10, 0.99, 1.0)
     calm.check_final(SimpleNamespace(global_step=10, is_world_process_zero=True))
     assert not calm.diverged
+
+
+@pytest.mark.parametrize("method, options", [
+    ("magnitude", ["--final-density", "0.5"]),
+    ("threshold", ["--final-threshold", "0.1"]),
+    ("sigmoied_threshold", ["--final-threshold", "0.5", "--penalty", "1.0"]),
+    ("l0", ["--penalty", "1.0"]),
+])
+def test_every_pruning_method_trains_and_compresses(tiny, tmp_path, method, options):
+    out = tmp_path / method
+    assert _train(tiny, out, "--prune", method, *options, "--block", "16", "--compress", "--save-steps", "0",
+                  "--initial-warmup-steps", "1", "--final-warmup-steps", "1", steps=5) == 0
+    s = _summary(out)
+    assert 0.0 <= s["density"] <= 1.0 and os.path.isdir(s["paths"]["compressed"])
+    assert main(["eval", "--model", str(out / "compressed"), "--validation-file", tiny["dev"], "--max-length", "16",
+                 "--output", str(out / "c.json")]) == 0
+    assert json.load(open(out / "c.json"))["accuracy"] == pytest.approx(s["final_dev"]["eval_accuracy"], abs=1e-9)
+
+
+def test_row_blocks_and_distillation(tiny, tmp_path):
+    teacher = tmp_path / "teacher"
+    assert _train(tiny, teacher, "--save-steps", "0", arch="bert", steps=2) == 0
+    out = tmp_path / "rows"
+    assert _train(tiny, out, "--prune", "topK", "--final-density", "0.5", "--block", "row", "--teacher",
+                  str(teacher / "model"), "--alpha", "0.7", "--save-steps", "0", "--initial-warmup-steps", "1",
+                  "--final-warmup-steps", "1", "--logging-steps", "1", steps=5) == 0
+    s = _summary(out)
+    assert s["density"] == pytest.approx(0.5, abs=0.02)
+    report = open(s["paths"]["sparsity"]).read()
+    assert "| 1x32 | 64x32 |" in report and "| 1x64 | 32x64 |" in report  # one mask value per output row
+    logs = json.load(open(out / "curve.json"))["train"]
+    assert any("distill_loss" in row for row in logs)
+
+
+def test_a_pruning_runs_checkpoint_is_refused_where_its_masks_would_be_dropped(tiny, tmp_path, capsys):
+    out = tmp_path / "p"
+    assert _train(tiny, out, "--prune", "topK", "--final-density", "0.25", "--block", "16", "--save-steps", "2",
+                  "--initial-warmup-steps", "0", "--final-warmup-steps", "1", steps=4) == 0
+    checkpoint = str(out / "checkpoint-2")
+    err = _error(capsys, ["eval", "--model", checkpoint, "--validation-file", tiny["dev"], "--max-length", "16"])
+    assert "taken while pruning" in err
+    err = _error(capsys, ["probe", "--model", checkpoint, "--tasks-dir", str(tmp_path), "--output-dir",
+                          str(tmp_path / "probe")])
+    assert "taken while pruning" in err
+
+
+def test_eval_on_a_test_split_and_train_scores_a_labelled_test_file(tiny, tmp_path):
+    out = tmp_path / "t"
+    assert _train(tiny, out, "--save-steps", "0", "--test-file", tiny["dev"], arch="bert", steps=2) == 0
+    s = _summary(out)
+    assert s["final_test"]["test_accuracy"] == pytest.approx(s["final_dev"]["eval_accuracy"])  # the same file
+    assert main(["eval", "--model", str(out / "model"), "--test-file", tiny["dev"], "--split", "test",
+                 "--max-length", "16", "--output", str(out / "e.json")]) == 0
+    assert json.load(open(out / "e.json"))["accuracy"] == pytest.approx(s["final_test"]["test_accuracy"])
+
+
+def test_make_probing_tasks_and_probe_from_a_corpus(tiny, tmp_path):
+    brown = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "brown")
+    if not os.path.isdir(brown):
+        pytest.skip("the shared Brown corpus is not here")
+    tasks = tmp_path / "tasks"
+    assert main(["make-probing-tasks", "--corpus", brown, "--output-dir", str(tasks), "--tasks",
+                 "sentence_length,tense", "--train-size", "36", "--dev-size", "12", "--test-size", "12"]) == 0
+    assert sorted(os.listdir(tasks)) == ["README.md", "sentence_length", "tense"]
+    out = tmp_path / "probe"
+    assert main(["probe", "--model", tiny["model"], "--corpus", brown, "--tasks", "tense", "--output-dir", str(out),
+                 "--train-size", "24", "--dev-size", "12", "--test-size", "12", "--max-length", "32"]) == 0
+    table = json.load(open(out / "probe.json"))
+    assert list(table["test"]) == ["tense"] and "mix" in table["test"]["tense"]
 
 
 def _error(capsys, argv):
@@ -188,12 +275,21 @@ def _error(capsys, argv):
     return err
 
 
-def test_bad_inputs_fail_before_training(tiny, tmp_path, capsys):
+def test_bad_inputs_fail_before_training(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # no hub here: fail at once instead of retrying
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     base = ["train", "--arch", "bermo", "--model", tiny["model"], "--output-dir", str(tmp_path / "x"),
-            "--train-file", tiny["train"], "--validation-file", tiny["dev"], "--max-steps", "4"]
+            "--max-length", "16", "--train-file", tiny["train"], "--validation-file", tiny["dev"], "--max-steps", "4"]
     cases = [
         (["train", "--arch", "bert", "--model", tiny["model"], "--output-dir", str(tmp_path / "x"), "--train-file",
-          str(tmp_path / "missing.tsv"), "--validation-file", tiny["dev"]], "missing.tsv"),
+          str(tmp_path / "missing.tsv"), "--validation-file", tiny["dev"], "--max-length", "16"], "missing.tsv"),
+        (base + ["--max-length", "100"], "exceeds the 64 positions"),
+        ([a if a != "bermo" else "bert" for a in base] + ["--head-lr", "1e-3"], "--arch bert has no mix"),
+        ([a if a != "bermo" else "bert" for a in base] + ["--mix-lr", "0.1"], "--arch bert has no mix"),
+        (base + ["--alpha", "0.3"], "give --teacher"),
+        (base + ["--prune", "magnitude", "--final-density", "0.5", "--scores-lr", "0.1"], "magnitude has none"),
+        (base + ["--prune", "topK", "--final-density", "0.5", "--block", "7"], "pruning options: prepare: block_shape (7, 7)"),
+        (base + ["--prune", "topK", "--final-density", "0.5", "--teacher", tiny["model"]], "not a sequence classifier"),
         (base + ["--text-columns", "review"], "review"),
         (base + ["--label-column", "stars"], "stars"),
         ([a if a != tiny["model"] else str(tmp_path) for a in base], "config.json"),
@@ -218,6 +314,11 @@ def test_bad_inputs_fail_before_training(tiny, tmp_path, capsys):
     odd = _write_tsv(tmp_path / "odd.tsv", [("a fine film", 0), ("an odd one", 7)])
     err = _error(capsys, base[:-4] + ["--validation-file", odd, "--max-steps", "4"])
     assert "7" in err
+    err = _error(capsys, base[:-4] + ["--validation-file", odd, "--max-steps", "4", "--task", "sst2"])
+    assert "not both" in err
+    # a GLUE task without the hub: a clear error, not a trace
+    err = _error(capsys, base[:base.index("--train-file")] + ["--task", "sst2"])
+    assert "hub" in err.lower()
     # a checkpoint that is not BERT
     from transformers import GPT2Config
     gpt = tmp_path / "gpt2"
@@ -230,9 +331,9 @@ def test_eval_refuses_labels_the_model_does_not_know(tiny, tmp_path, capsys):
     out = tmp_path / "m"
     assert _train(tiny, out, "--save-steps", "0", arch="bert", steps=2) == 0
     three = _write_tsv(tmp_path / "three.tsv", [("a", 0), ("b", 1), ("c", 2)])
-    err = _error(capsys, ["eval", "--model", str(out / "model"), "--validation-file", three])
+    err = _error(capsys, ["eval", "--model", str(out / "model"), "--validation-file", three, "--max-length", "16"])
     assert "2 labels" in err and "3" in err
-    err = _error(capsys, ["eval", "--model", tiny["model"], "--validation-file", tiny["dev"]])
+    err = _error(capsys, ["eval", "--model", tiny["model"], "--validation-file", tiny["dev"], "--max-length", "16"])
     assert "not a sequence classifier" in err
 
 
@@ -277,12 +378,15 @@ def test_torchrun_two_processes_end_with_the_same_model(tiny, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            "-m", "bermo", "train", "--arch", "bermo", "--model", tiny["model"], "--output-dir", str(out),
            "--train-file", tiny["train"], "--validation-file", tiny["dev"], "--max-steps", "3", "--eval-steps", "3",
-           "--batch-size", "4", "--lr", "1e-3", "--no-progress", "--max-length", "16", "--save-steps", "0",
-           "--prune", "topK", "--final-density", "0.5", "--block", "16", "--initial-warmup-steps", "0",
-           "--final-warmup-steps", "1"]
+           "--batch-size", "4", "--lr", "1e-3", "--no-progress", "--max-length", "16", "--save-steps", "0"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     s = _summary(out)
-    assert s["processes"] == 2 and s["replicas_agree"] is True
-    # each process took its own half of every global batch: 3 steps of 2 x 4 examples
-    assert s["steps"] == 3
+    assert s["processes"] == 2 and s["replicas_agree"] is True and s["steps"] == 3
+    # the saved model is the one both processes ended with
+    from transformers import AutoModelForSequenceClassification
+
+    from bermo.cli.train import parameter_digest
+    saved = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    assert parameter_digest(saved) == s["parameter_digest"]
+    # pruning under DDP (masks derived from parameters DDP keeps in step) is tested in test_pruning_distributed.py

@@ -39,13 +39,14 @@ def load_data(args: argparse.Namespace):
     try:
         return load_text_classification(task=args.task, **files, text_columns=columns,
                                         label_column=args.label_column)
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except (ValueError, OSError, KeyError) as err:  # OSError: missing files, and the hub out of reach
         raise CommandError(str(err).strip("'\"")) from err
 
 
-def checkpoint_config(path: str, what: str = "--model"):
-    """The transformers config of a BERT-family checkpoint (BERT or BERMo; bare, with a head, pruned or
-    compressed), or a CommandError saying what ``path`` is instead."""
+def checkpoint_config(path: str, what: str = "--model", allow_compressed: bool = False):
+    """The transformers config of a BERT-family checkpoint (BERT or BERMo; bare or with a head; compressed ones
+    only with ``allow_compressed``), or a CommandError saying what ``path`` is instead: not a checkpoint, not BERT,
+    a pruning run's intermediate checkpoint (its scores would be dropped on loading)."""
     import bermo.models  # noqa: F401  (registers model_type "bermo")
     from transformers import AutoConfig
 
@@ -61,7 +62,32 @@ def checkpoint_config(path: str, what: str = "--model"):
     if config.model_type not in ("bert", "bermo"):
         raise CommandError(f"{what} {path}: a {config.model_type!r} checkpoint; bermo works with BERT "
                            "checkpoints (model_type 'bert') and BERMo ones ('bermo')")
+    if os.path.isdir(path) and holds_mask_scores(path):
+        raise CommandError(f"{what} {path}: a checkpoint taken while pruning (it holds MaskedLinear scores, which "
+                           "transformers' loaders would drop, running the unpruned weights). Use the run's model/ "
+                           "folder (masks multiplied into the weights) or compressed/, or continue the run with "
+                           "`bermo train --resume`")
+    from ..pruning.compressed_checkpoint import layout_of
+
+    if not allow_compressed and layout_of(config) is not None:
+        raise CommandError(f"{what} {path}: a compressed model (its layers were made smaller); {what} needs an "
+                           "uncompressed checkpoint, e.g. the run's model/ folder")
     return config
+
+
+def holds_mask_scores(path: str) -> bool:
+    """Whether a checkpoint folder's safetensors hold MaskedLinear ``scores`` (a pruning run's checkpoint-N)."""
+    import glob
+
+    try:
+        from safetensors import safe_open
+    except ImportError:  # pragma: no cover - transformers depends on safetensors
+        return False
+    for file in glob.glob(os.path.join(path, "*.safetensors")):
+        with safe_open(file, framework="pt") as f:
+            if any(key.endswith(".scores") for key in f.keys()):
+                return True
+    return False
 
 
 def metrics_function(num_labels: int):

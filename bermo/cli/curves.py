@@ -56,6 +56,7 @@ class CurveCallback(TrainerCallback):
         self.collapsed_now = False
         self.margin = float(margin)
         self.best_accuracy = float("-inf")
+        self.last_share = 0.0
 
     def resume_from(self, curve_json: str, checkpoint: str) -> None:
         """Keep the curve a resumed run had up to its checkpoint's step (``checkpoint-<step>``), so the curve
@@ -69,6 +70,16 @@ class CurveCallback(TrainerCallback):
         self.train_log = [r for r in old.get("train", []) if r.get("step", 0) <= step]
         self.evals = [r for r in old.get("eval", []) if r.get("step", 0) <= step]
         self.events = [e for e in old.get("divergence", []) if e.get("step", 0) <= step]
+        # the detector's state as it was at the checkpoint
+        for row in self.evals:
+            accuracy, share = row.get("eval_accuracy"), row.get(PREDICTED_SHARE)
+            if share is not None:
+                self.last_share = share
+                self.collapsed_now = share >= self.collapse_share and \
+                    self.dev_majority_share < self.collapse_share and \
+                    (accuracy is None or accuracy <= self.dev_majority_share + self.margin)
+            if accuracy is not None and _finite(accuracy):
+                self.best_accuracy = max(self.best_accuracy, float(accuracy))
 
     # ------------------------------------------------------------------ Trainer hooks
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -93,7 +104,10 @@ class CurveCallback(TrainerCallback):
         share = metrics.get(PREDICTED_SHARE)
         accuracy = metrics.get("eval_accuracy")
         if share is not None:
-            collapsed = share >= self.collapse_share and self.dev_majority_share < self.collapse_share
+            # one class predicted, at about the majority share's accuracy (a model that is right on a dev set that
+            # is nearly one class has not collapsed)
+            collapsed = share >= self.collapse_share and self.dev_majority_share < self.collapse_share and \
+                (accuracy is None or accuracy <= self.dev_majority_share + self.margin)
             learned = self.best_accuracy > self.dev_majority_share + self.margin
             if collapsed and learned and not self.collapsed_now:
                 self._event(state, "collapsed", f"dev predictions collapsed to one class at step {state.global_step}"

@@ -44,13 +44,20 @@ def _generic(names) -> bool:
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be at least 1; got {args.batch_size}")
+    if args.max_eval_samples is not None and args.max_eval_samples < 1:
+        raise CommandError(f"--max-eval-samples must be at least 1; got {args.max_eval_samples}")
+    if args.max_length < 2:
+        raise CommandError(f"--max-length must be at least 2; got {args.max_length}")
     if args.task is None and not any((args.validation_file, args.test_file, args.train_file)):
         raise CommandError("no data: give --task NAME or --validation-file / --test-file")
-    config = checkpoint_config(args.model)
+    config = checkpoint_config(args.model, allow_compressed=True)
     heads = getattr(config, "architectures", None) or []
     if not any(a.endswith("ForSequenceClassification") for a in heads):
         raise CommandError(f"--model {args.model} is not a sequence classifier (architectures {heads}); "
                            "evaluate a model written by `bermo train` (its model/ or compressed/ folder)")
+    if args.max_length > config.max_position_embeddings:
+        raise CommandError(f"--max-length {args.max_length} exceeds the model's {config.max_position_embeddings} "
+                           "positions")
     data = load_data(args)
     if args.split not in data.datasets:
         raise CommandError(f"--split {args.split}: {data.source} has the splits {list(data.datasets)}")
@@ -76,7 +83,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         raise CommandError(f"the {args.split} split of {data.source} has no labels to score against")
     if args.max_eval_samples:
         split = split.select(range(min(args.max_eval_samples, len(split))))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:
+        raise CommandError(f"--device {args.device}: {str(err).splitlines()[0]}") from err
     model = load_classifier(args.model).to(device).eval()
     loader = DataLoader(split, batch_size=args.batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
     preds, labels, tokens = [], [], 0

@@ -34,8 +34,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> Any:
     if (args.tasks_dir is None) == (args.corpus is None):
         raise CommandError("give either --tasks-dir (tasks built before) or --corpus (build them now)")
-    checkpoint_config(args.model) if os.path.isdir(args.model) else None
-    tasks = task_names(args.tasks) if args.tasks else None
+    checkpoint_config(args.model)
+    if args.corpus is not None:
+        tasks = task_names(args.tasks) if args.tasks else None
+    else:  # a folder of tasks may hold tasks of one's own: check the names against it
+        tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else None
+        if tasks and os.path.isdir(args.tasks_dir):
+            have = sorted(d for d in os.listdir(args.tasks_dir)
+                          if os.path.isfile(os.path.join(args.tasks_dir, d, "task.json")))
+            missing = [t for t in tasks if t not in have]
+            if missing:
+                raise CommandError(f"--tasks {missing}: not in --tasks-dir {args.tasks_dir}, which has {have}")
     tasks_dir = args.tasks_dir
     if args.corpus is not None:
         if not os.path.isdir(args.corpus):

@@ -120,6 +120,7 @@ def parse_block(text: str) -> Tuple[Optional[int], Optional[int], str]:
 
 def check_options(args: argparse.Namespace) -> None:
     """Options that do not fit together, before anything is loaded."""
+    from ..models.optim import DEFAULT_MIX_LR
     def bad(message):
         raise CommandError(message)
 
@@ -133,6 +134,26 @@ def check_options(args: argparse.Namespace) -> None:
     for name in ("max_train_samples", "max_eval_samples"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             bad(f"--{name.replace('_', '-')} must be at least 1; got {getattr(args, name)}")
+    if args.max_length < 2:
+        bad(f"--max-length must be at least 2 (the [CLS] and [SEP] tokens); got {args.max_length}")
+    for name in ("weight_decay", "warmup_ratio"):
+        if getattr(args, name) < 0:
+            bad(f"--{name.replace('_', '-')} must be >= 0; got {getattr(args, name)}")
+    if args.warmup_ratio >= 1:
+        bad(f"--warmup-ratio is a share of the steps and must be below 1; got {args.warmup_ratio}")
+    if args.save_steps is not None and args.save_steps < 0:
+        bad(f"--save-steps must be >= 0 (0: no checkpoints); got {args.save_steps}")
+    if args.arch == "bert":
+        given = [flag for flag, value in (("--mix-lr", args.mix_lr != DEFAULT_MIX_LR), ("--mix-layer-norm",
+                                          args.mix_layer_norm), ("--mix-backend", args.mix_backend is not None),
+                                          ("--head-lr", args.head_lr is not None)) if value]
+        if given:
+            bad(f"{', '.join(given)}: {'is a' if len(given) == 1 else 'are'} BERMo option(s) (the scalar mix and its "
+                "head's learning rates); --arch bert has no mix")
+    if args.teacher is None and (args.alpha != 0.5 or args.temperature != 2.0):
+        bad("--alpha and --temperature set the distillation from --teacher: give --teacher PATH")
+    if args.scores_lr != 1e-2 and args.prune in (None, "magnitude"):
+        bad(f"--scores-lr is the learning rate of learned mask scores; {'--prune magnitude has none' if args.prune else 'add --prune METHOD'}")
     if not 0.0 <= args.alpha <= 1.0:
         bad(f"--alpha (the distillation share of the loss) must be in [0, 1]; got {args.alpha}")
     if not 0.0 < args.collapse_share <= 1.0:
@@ -190,13 +211,23 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def data_parallel_gpus() -> int:
+    """GPUs one process drives: the HF Trainer wraps the model in DataParallel over every visible GPU when it is
+    not launched as several processes, multiplying the batch per step."""
+    import torch
+
+    return torch.cuda.device_count() if world_size() == 1 and torch.cuda.device_count() > 1 else 1
+
+
 def total_steps(args: argparse.Namespace, n_train: int) -> int:
-    """The optimizer steps the Trainer will take (what the pruning schedule spans)."""
+    """The optimizer steps the Trainer will take (what the pruning schedule spans), computed as the Trainer does:
+    batches per process per epoch, over the accumulation steps, rounded up, times the epochs."""
     if args.max_steps > 0:
         return args.max_steps
-    per_step = args.batch_size * args.gradient_accumulation_steps * world_size()
-    return max(1, math.ceil(args.epochs * math.ceil(n_train / (args.batch_size * world_size()))
-                            / args.gradient_accumulation_steps)) if per_step else 1
+    per_process = math.ceil(n_train / world_size())
+    batches = math.ceil(per_process / (args.batch_size * data_parallel_gpus()))
+    per_epoch = max(1, math.ceil(batches / args.gradient_accumulation_steps))
+    return max(1, math.ceil(args.epochs * per_epoch))
 
 
 def pruning_config(args: argparse.Namespace, steps: int, model, teacher):
@@ -276,15 +307,19 @@ def load_teacher(path: str, num_labels: int):
     from transformers import AutoModelForSequenceClassification
 
     config = checkpoint_config(path, "--teacher")
+    if not any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or [])):
+        raise CommandError(f"--teacher {path} is not a sequence classifier (architectures "
+                           f"{getattr(config, 'architectures', None)}): distillation needs a fine-tuned teacher, e.g. "
+                           "the model/ folder of a `bermo train` run")
     if config.num_labels != num_labels:
         raise CommandError(f"--teacher {path} has {config.num_labels} labels but the data has {num_labels}")
     return AutoModelForSequenceClassification.from_pretrained(path)
 
 
 def parameter_digest(model) -> str:
-    """SHA-256 of every parameter and buffer (names, dtypes, shapes and bytes), to check that processes agree."""
+    """SHA-256 of every parameter (names, dtypes, shapes and bytes): whether processes, or a saved copy, agree."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(model.named_parameters()):
         data = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{data.dtype}:{tuple(data.shape)}".encode())
         digest.update(data.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
@@ -324,6 +359,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     config = checkpoint_config(args.model)
     teacher_config = checkpoint_config(args.teacher, "--teacher") if args.teacher else None
     resume = last_checkpoint(args.output_dir, args.resume) if args.resume else None
+    if args.max_length > config.max_position_embeddings:
+        raise CommandError(f"--max-length {args.max_length} exceeds the {config.max_position_embeddings} positions "
+                           f"of --model {args.model}")
     data = load_data(args)
     if "train" not in data.datasets or "validation" not in data.datasets:
         raise CommandError(f"{data.source}: needs a train and a validation split; has {list(data.datasets)}")
@@ -355,7 +393,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     if args.prune:
         pruning, kind = pruning_config(args, steps, model, teacher)
         if kind in ("row", "col"):
-            prepare_lines(model, args.prune, kind, pruning.prepare_options)
+            try:
+                prepare_lines(model, args.prune, kind, pruning.prepare_options)
+            except ValueError as err:
+                raise CommandError(f"--block {args.block}: {err}") from err
 
     dev_share = majority_fraction(dev)
     curve = CurveCallback(args.output_dir, dev_share, args.collapse_share,
@@ -373,7 +414,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
         save_total_limit=args.save_total_limit, report_to=[], disable_tqdm=args.no_progress,
         ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
-        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0)
+        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+        logging_nan_inf_filter=False)  # a NaN loss must reach the curve and the divergence check as NaN
     if args.arch == "bermo":
         trainer_cls = BermoTrainer
         if args.prune:
@@ -383,9 +425,12 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         if args.prune:
             from ..pruning import PruningTrainer as trainer_cls
     extra = {"pruning": pruning} if pruning is not None else {}
-    trainer = trainer_cls(model=model, args=training_args, train_dataset=train, eval_dataset=dev,
-                          data_collator=DataCollatorWithPadding(tokenizer),
-                          compute_metrics=metrics_function(data.num_labels), callbacks=[curve], **extra)
+    try:  # the pruning trainer prepares the model: a block shape that does not fit a layer fails here
+        trainer = trainer_cls(model=model, args=training_args, train_dataset=train, eval_dataset=dev,
+                              data_collator=DataCollatorWithPadding(tokenizer),
+                              compute_metrics=metrics_function(data.num_labels), callbacks=[curve], **extra)
+    except ValueError as err:
+        raise CommandError(f"pruning options: {err}") from err
     ignore = ["mixing_weights", "hidden_states", "attentions"]
     result = trainer.train(resume_from_checkpoint=resume, ignore_keys_for_eval=ignore)
     final = {}
@@ -394,6 +439,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     elif not curve.summary()["nan_loss"]:
         final = trainer.evaluate(ignore_keys=ignore)
     curve.finalize(trainer.state)
+    trainer.remove_callback(curve)
+    test = tokenized.get("test")
+    if test is not None and "labels" in test.column_names and not curve.summary()["nan_loss"]:
+        final = {**final, **trainer.evaluate(test, ignore_keys=ignore, metric_key_prefix="test")}
     agree = replicas_agree(trainer.model)
     return finish(args, trainer, tokenizer, data, curve, final, result, agree, started, steps, len(train), len(dev))
 
@@ -409,9 +458,11 @@ def finish(args, trainer, tokenizer, data, curve, final, result, agree, started,
         "command": "bermo train", "arch": args.arch, "model": args.model, "data": data.source,
         "num_labels": data.num_labels, "label_names": data.label_names, "train_examples": n_train,
         "dev_examples": n_dev, "planned_steps": steps, "steps": trainer.state.global_step,
-        "processes": world_size(), "replicas_agree": agree, "options": {k: v for k, v in vars(args).items()
+        "processes": world_size(), "replicas_agree": agree, "parameter_digest": parameter_digest(model),
+        "options": {k: v for k, v in vars(args).items()
                                                                          if k != "handler"},
-        "final_dev": final, "train_loss": getattr(result, "training_loss", None), **curve.summary()}
+        "final_dev": {k: v for k, v in final.items() if not k.startswith("test_")},
+        "final_test": {k: v for k, v in final.items() if k.startswith("test_")} or None, "train_loss": getattr(result, "training_loss", None), **curve.summary()}
     if agree is False:
         summary["diverged"] = True
         summary.setdefault("divergence", []).append(
