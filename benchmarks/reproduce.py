@@ -83,6 +83,10 @@ def train(work: str, name: str, arch: str, seed: int, cfg: Dict, train_n: int, s
     """One ``bermo train`` run (reused when its summary exists: a killed reproduction resumes where it was)."""
     out = os.path.join(work, name)
     summary_path = os.path.join(out, "summary.json")
+    if os.path.exists(summary_path) and not same_settings(summary_path, arch, seed, cfg, train_n, steps, mix_lr,
+                                                          prune, penalty):
+        print(f"{name}: settings changed since it ran: running it again")
+        os.remove(summary_path)
     if not os.path.exists(summary_path):
         data = os.path.join(SHARED, "rotten_tomatoes")
         argv = ["train", "--arch", arch, "--model", minilm(), "--output-dir", out,
@@ -106,9 +110,45 @@ def train(work: str, name: str, arch: str, seed: int, cfg: Dict, train_n: int, s
     with open(os.path.join(out, "curve.json")) as f:
         summary["curve"] = json.load(f)["eval"]
     summary["name"] = name
+    summary.update(divergence(summary, dev_majority(cfg)))
     if progress is not None:
         progress.update(1)
     return summary
+
+
+def same_settings(summary_path, arch, seed, cfg, train_n, steps, mix_lr, prune, penalty) -> bool:
+    """Whether a finished run was made with the settings asked for now (else it is run again)."""
+    with open(summary_path) as f:
+        options = json.load(f).get("options", {})
+    want = {"arch": arch, "seed": seed, "max_train_samples": train_n, "max_steps": steps, "lr": cfg["lr"],
+            "mix_lr": mix_lr if arch == "bermo" else options.get("mix_lr"), "batch_size": cfg["batch"],
+            "max_length": cfg["max_length"], "prune": prune}
+    if prune == "sigmoied_threshold":
+        want.update(penalty=SOFT["penalty"] if penalty is None else penalty, final_threshold=SOFT["final_threshold"],
+                    scores_lr=SOFT["scores_lr"])
+    return all(options.get(k) == v for k, v in want.items())
+
+
+def divergence(summary: Dict, dev_majority: float) -> Dict[str, Any]:
+    """A run's divergence record recomputed from its dev curve with the command line's current rule
+    (``bermo.cli.curves.CurveCallback``), so every run in the report is judged alike."""
+    from types import SimpleNamespace
+
+    from bermo.cli.curves import CurveCallback
+
+    callback = CurveCallback(os.devnull, dev_majority)
+    state = SimpleNamespace(global_step=0, epoch=0.0, is_world_process_zero=False)
+    for row in summary["curve"]:
+        state.global_step = row["step"]
+        callback.on_evaluate(None, state, SimpleNamespace(should_training_stop=False), metrics=row)
+    callback.check_final(state)
+    return {**callback.summary(), "nan_loss": bool(summary.get("nan_loss"))}
+
+
+def dev_majority(cfg: Dict) -> float:
+    with open(os.path.join(SHARED, "rotten_tomatoes", "validation.tsv"), encoding="utf-8") as f:
+        labels = [line.rstrip("\n").rsplit("\t", 1)[1] for line in f.readlines()[1:cfg["dev"] + 1]]
+    return max(labels.count(v) for v in set(labels)) / len(labels)
 
 
 def evaluate(work: str, folder: str, cfg: Dict) -> Dict[str, Any]:
@@ -164,23 +204,27 @@ def convergence(work, cfg, progress) -> Dict[str, Any]:
 
 
 def mix_lrs(work, cfg, conv, progress) -> Dict[str, Any]:
-    seed = cfg["seeds"][0]
-    runs = {}
+    """BERMo at several mix learning rates, every seed (the default rate's runs are the convergence runs)."""
+    runs: Dict[float, List[Dict]] = {}
     for lr in cfg["mix_lrs"]:
         if lr == 1e-2:
-            runs[lr] = conv["runs"]["bermo"][0]
-            progress.update(1)
+            runs[lr] = conv["runs"]["bermo"]
+            progress.update(len(cfg["seeds"]))
         else:
-            runs[lr] = train(work, f"mixlr-{lr:g}-s{seed}", "bermo", seed, cfg, cfg["conv_train"],
-                             cfg["conv_steps"], cfg["conv_eval_steps"], mix_lr=lr, progress=progress)
+            runs[lr] = [train(work, f"mixlr-{lr:g}-s{seed}", "bermo", seed, cfg, cfg["conv_train"], cfg["conv_steps"],
+                              cfg["conv_eval_steps"], mix_lr=lr, progress=progress) for seed in cfg["seeds"]]
     target = conv["target"]
     rows = []
-    for lr, r in runs.items():
-        weights = list(r["mixing_weights"].values())
-        entropy = -sum(w * math.log(w) for w in weights if w > 0)
-        rows.append({"mix_lr": lr, "final": final_acc(r), "steps_to_target": steps_to(r["curve"], target),
-                     "max_weight": max(weights), "entropy": entropy, "gamma": r["mixing_gamma"],
-                     "top": max(r["mixing_weights"], key=r["mixing_weights"].get)})
+    for lr, summaries in runs.items():
+        stats = []
+        for r in summaries:
+            weights = list(r["mixing_weights"].values())
+            stats.append({"max": max(weights), "entropy": -sum(w * math.log(w) for w in weights if w > 0),
+                          "top": max(r["mixing_weights"], key=r["mixing_weights"].get)})
+        rows.append({"mix_lr": lr, "final": [final_acc(r) for r in summaries],
+                     "steps_to_target": [steps_to(r["curve"], target) for r in summaries],
+                     "max_weight": [x["max"] for x in stats], "entropy": [x["entropy"] for x in stats],
+                     "gamma": [r["mixing_gamma"] for r in summaries], "top": sorted({x["top"] for x in stats})})
     return {"runs": runs, "rows": rows}
 
 
@@ -230,16 +274,18 @@ def probing(work, cfg, conv, progress) -> Dict[str, Any]:
         bermo_cli(["make-probing-tasks", "--corpus", os.path.join(SHARED, "brown"), "--output-dir", tasks_dir,
                    "--train-size", train_n, "--dev-size", dev_n, "--test-size", test_n])
     seed = cfg["seeds"][0]
-    encoders = {"pretrained": minilm(),
-                "fine-tuned BERT": os.path.join(work, f"conv-bert-s{seed}", "model"),
-                "fine-tuned BERMo": os.path.join(work, f"conv-bermo-s{seed}", "model")}
-    tables = {}
-    for label, path in encoders.items():
-        out = os.path.join(work, "probe-" + label.replace(" ", "-").lower())
+    # the pretrained encoder once; the fine-tuned ones of every seed (the probe's own seed stays the first)
+    encoders = {("pretrained", None): minilm()}
+    for arch, label in (("bert", "fine-tuned BERT"), ("bermo", "fine-tuned BERMo")):
+        for s in cfg["seeds"]:
+            encoders[(label, s)] = os.path.join(work, f"conv-{arch}-s{s}", "model")
+    tables: Dict[str, List] = {}
+    for (label, s), path in encoders.items():
+        out = os.path.join(work, "probe-" + label.replace(" ", "-").lower() + ("" if s in (None, seed) else f"-s{s}"))
         if not os.path.exists(os.path.join(out, "probe.json")):
             bermo_cli(["probe", "--model", path, "--tasks-dir", tasks_dir, "--output-dir", out,
                        "--max-length", 64, "--seed", seed])
-        tables[label] = ProbeTable.from_json(os.path.join(out, "probe.json"))
+        tables.setdefault(label, []).append(ProbeTable.from_json(os.path.join(out, "probe.json")))
         progress.update(1)
     return {"tables": tables, "tasks_dir": tasks_dir}
 
@@ -262,7 +308,8 @@ def plot_curves(conv, mix, path):
     axes[0].set(title="dev accuracy, rotten_tomatoes (one line per seed)", xlabel="optimizer step",
                 ylabel="dev accuracy")
     axes[0].legend()
-    for lr, r in mix["runs"].items():
+    for lr, summaries in mix["runs"].items():
+        r = summaries[0]
         axes[1].plot([c["step"] for c in r["curve"]], [c.get("eval_accuracy") for c in r["curve"]],
                      label=f"BERMo, mix_lr {lr:g}")
     bert = conv["runs"]["bert"][0]
@@ -331,13 +378,15 @@ def report(cfg, args, parts, seconds, out) -> str:
     lines += ["", f"Convergence speedup of BERMo: {speed}.", "", "![curves](reproduce_curves.png)", ""]
     # mix lr
     lines += ["## 2. The mix's learning rate", "",
-              f"BERMo, seed {cfg['seeds'][0]}, the convergence setting, at three mix learning rates (the encoder's "
-              f"{cfg['lr']:g} among them). Uniform weights: max {1 / 7:.3f}, entropy {math.log(7):.3f} nats.", "",
-              "| mix_lr | final dev acc | steps to target | max weight | entropy (nats) | gamma | largest weight on |",
-              "|---|---|---|---|---|---|---|"]
+              f"BERMo in the convergence setting at three mix learning rates (the encoder's {cfg['lr']:g} among them), "
+              f"every seed. Uniform weights: max {1 / 7:.3f}, entropy {math.log(7):.3f} nats.", "",
+              "| mix_lr | final dev acc | steps to target (per seed) | max weight | entropy (nats) | gamma | "
+              "largest weight on |", "|---|---|---|---|---|---|---|"]
     for row in mix["rows"]:
-        lines.append(f"| {row['mix_lr']:g} | {row['final']:.3f} | {row['steps_to_target'] or '-'} | "
-                     f"{row['max_weight']:.3f} | {row['entropy']:.3f} | {row['gamma']:.3f} | {row['top']} |")
+        lines.append(f"| {row['mix_lr']:g} | {mean_sd(row['final'])} | "
+                     f"{', '.join('-' if v is None else str(v) for v in row['steps_to_target'])} | "
+                     f"{mean_sd(row['max_weight'])} | {mean_sd(row['entropy'])} | {mean_sd(row['gamma'], 2)} | "
+                     f"{', '.join(row['top'])} |")
     lines += ["", "![weights](reproduce_mixing_weights.png)", ""]
     # pruning
     lines += ["## 3. Pruning on small data (paper: BERMo stable on SST-2 where BERT commonly diverges)", "",
@@ -346,8 +395,11 @@ def report(cfg, args, parts, seconds, out) -> str:
               "steps initial warm-up, 20% final). topK: density 1.0 -> 0.1, scores lr 1e-2. sigmoied_threshold (soft "
               f"movement, penalty-based): threshold on sigmoid(scores) 0 -> {SOFT['final_threshold']}, L1 penalty "
               f"weight {SOFT['penalty']}, scores lr {SOFT['scores_lr']} (chosen to land near 10% in this short run; "
-              "its density is whatever the penalty gives). Diverged = NaN loss or dev predictions collapsed to one "
-              "class (>= 98% identical) at some evaluation; 'collapsed at end' counts the final models. Speed: "
+              "its density is whatever the penalty gives). Diverged = a NaN loss, or dev predictions collapsed to one "
+              "class (>= 98% identical, at about the majority class's accuracy) either after the run had been more "
+              "than 0.02 above the majority class, or at the end (`bermo train`'s rule, re-applied here to every "
+              "run's curve); 'collapsed at end' counts the final models alone. With 500 dev sentences an accuracy "
+              "has a binomial sd of about 0.022, so a count of 1 or 2 out of 3 is weak evidence either way. Speed: "
               "`bermo eval` tokens/s of the compressed model / the same model dense (masks multiplied in), "
               "batch 32, this CPU.", "",
               "| method | arch | final dev acc (mean ± sd) | density reached | diverged | collapsed at end | "
@@ -370,31 +422,38 @@ def report(cfg, args, parts, seconds, out) -> str:
     lines += [""]
     # probing
     tables = probe["tables"]
-    any_table = next(iter(tables.values()))
+    any_table = next(iter(tables.values()))[0]
     tasks = any_table.tasks
     last = [r for r in any_table.representations if r != "mix"][-1]
+
+    def acc(label, task, rep):
+        return statistics.mean(t.test[task][rep] for t in tables[label])
+
     lines += ["## 4. Probing (paper: up to +4.65%, +2.67% on average over SentEval's semantic tasks)", "",
               f"Tasks built from the Brown corpus (`bermo make-probing-tasks`; {cfg['probe_sizes'][0]}/"
               f"{cfg['probe_sizes'][1]}/{cfg['probe_sizes'][2]} sentences per task for train/dev/test, balanced; "
               "constructions and how they differ from SentEval's in the tasks' README). Frozen encoders, mean-pooled "
               "sentence vectors, logistic regression (L2 chosen on dev); 'mix' = a scalar mix of all 7 "
-              "representations trained with the probe. Test accuracy:", "",
+              "representations trained with the probe. Test accuracy; the fine-tuned encoders are those of the "
+              f"convergence runs, averaged over their {len(cfg['seeds'])} seeds (the pretrained encoder is one "
+              f"model); with {cfg['probe_sizes'][2]} test sentences a single accuracy has a binomial sd of about "
+              f"{math.sqrt(0.25 / cfg['probe_sizes'][2]):.3f}.", "",
               "| task | " + " | ".join(f"{e}: last | {e}: mix" for e in tables) + " |",
               "|---|" + "---|---|" * len(tables)]
     for task in tasks:
         cells = []
-        for table in tables.values():
-            cells += [f"{table.test[task][last]:.3f}", f"{table.test[task]['mix']:.3f}"]
+        for label in tables:
+            cells += [f"{acc(label, task, last):.3f}", f"{acc(label, task, 'mix'):.3f}"]
         lines.append(f"| {task}{' (semantic)' if task in SEMANTIC else ''} | " + " | ".join(cells) + " |")
-    for label, chosen in (("mean, semantic tasks", [t for t in tasks if t in SEMANTIC]), ("mean, all tasks", tasks)):
+    for name, chosen in (("mean, semantic tasks", [t for t in tasks if t in SEMANTIC]), ("mean, all tasks", tasks)):
         if not chosen:
             continue
         cells = []
-        for table in tables.values():
-            cells += [f"{statistics.mean(table.test[t][last] for t in chosen):.3f}",
-                      f"{statistics.mean(table.test[t]['mix'] for t in chosen):.3f}"]
-        lines.append(f"| **{label}** | " + " | ".join(cells) + " |")
-    lines += ["", "Per-layer accuracies: the heat maps below (and `probe.json` in each run folder).", ""]
+        for label, seeds in tables.items():
+            for rep in (last, "mix"):
+                cells.append(mean_sd([statistics.mean(t.test[x][rep] for x in chosen) for t in seeds]))
+        lines.append(f"| **{name}** | " + " | ".join(cells) + " |")
+    lines += ["", "Per-layer accuracies (first seed): the heat maps below (and `probe.json` in each run folder).", ""]
     for label in tables:
         lines.append(f"![{label}](reproduce_probe_{label.replace(' ', '_').lower()}.png)")
     lines += ["", "## Where this differs from the paper", "",
@@ -415,7 +474,9 @@ def report(cfg, args, parts, seconds, out) -> str:
 
 
 def full_scale_commands() -> List[str]:
-    cmds = []
+    """bert-base-uncased on GLUE with 8 GPUs (global batch 8 x 32 = 256; scale --lr with it as usual). BERMo's
+    soft-movement penalty is BERT's scaled as in section 3 (a starting point, to be tuned)."""
+    cmds = ["# 8 GPUs: global batch 8 x 32; BERMo's soft-movement penalty scaled from BERT's as in section 3"]
     for task, steps in (("sst2", 3), ("mnli", 3), ("qqp", 3)):
         for arch in ("bert", "bermo"):
             cmds.append(f"torchrun --nproc_per_node 8 -m bermo train --arch {arch} --model bert-base-uncased "
@@ -425,9 +486,10 @@ def full_scale_commands() -> List[str]:
         cmds.append(f"torchrun --nproc_per_node 8 -m bermo train --arch {arch} --model bert-base-uncased --task sst2 "
                     f"--max-train-samples 8000 --epochs 10 --lr 3e-5 --prune topK --final-density 0.1 --block 32 "
                     f"--freeze-embeddings --compress --output-dir runs/sst2-small-topK-{arch}")
+        penalty = 400 if arch == "bert" else round(400 * SOFT_BERMO_PENALTY / SOFT["penalty"])
         cmds.append(f"torchrun --nproc_per_node 8 -m bermo train --arch {arch} --model bert-base-uncased --task qqp "
-                    f"--epochs 10 --lr 3e-5 --prune sigmoied_threshold --final-threshold 0.1 --penalty 400 --block 32 "
-                    f"--freeze-embeddings --compress --output-dir runs/qqp-soft-{arch}")
+                    f"--epochs 10 --lr 3e-5 --prune sigmoied_threshold --final-threshold 0.1 --penalty {penalty} "
+                    f"--block 32 --freeze-embeddings --compress --output-dir runs/qqp-soft-{arch}")
     cmds.append("bermo make-probing-tasks --corpus path/to/brown --output-dir probing-tasks")
     cmds.append("bermo probe --model runs/sst2-bermo/model --tasks-dir probing-tasks --grid senteval "
                 "--output-dir runs/probe-sst2-bermo")
@@ -458,7 +520,7 @@ def main() -> None:
     os.makedirs(work, exist_ok=True)
     from tqdm.auto import tqdm
 
-    n_runs = 2 * len(cfg["seeds"]) + len(cfg["mix_lrs"]) + 5 * len(cfg["seeds"]) + 3
+    n_runs = (2 + len(cfg["mix_lrs"]) + 5 + 2) * len(cfg["seeds"]) + 1
     started = time.time()
     with tqdm(total=n_runs, desc="reproduce (runs)", disable=None) as progress:
         conv = convergence(work, cfg, progress)
@@ -481,13 +543,14 @@ def main() -> None:
     os.makedirs(out, exist_ok=True)
     plot_curves(conv, mix, os.path.join(out, "reproduce_curves.png"))
     bermo_runs = {f"conv s{r['options']['seed']}": r for r in conv["runs"]["bermo"]}
-    bermo_runs.update({f"mix_lr {lr:g}": r for lr, r in mix["runs"].items() if lr != 1e-2})
+    bermo_runs.update({f"mix_lr {lr:g} s{r['options']['seed']}": r for lr, rs in mix["runs"].items() if lr != 1e-2
+                       for r in rs})
     for key, summaries in prune["runs"].items():
         if key.endswith("/bermo"):
             bermo_runs.update({f"{key.split('/')[0]} s{r['options']['seed']}": r for r in summaries})
     plot_weights(bermo_runs, os.path.join(out, "reproduce_mixing_weights.png"))
-    for label, table in probe["tables"].items():
-        table.plot_heatmap(os.path.join(out, f"reproduce_probe_{label.replace(' ', '_').lower()}.png"))
+    for label, seeds in probe["tables"].items():
+        seeds[0].plot_heatmap(os.path.join(out, f"reproduce_probe_{label.replace(' ', '_').lower()}.png"))
     with open(os.path.join(out, "reproduce.md"), "w") as f:
         f.write(text + "\n")
     slim = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}, "soft": SOFT,
@@ -498,8 +561,8 @@ def main() -> None:
             "mix": mix["rows"], "pruning": prune["rows"],
             "pruning_runs": {k: [{k2: v2 for k2, v2 in r.items() if k2 != "options"} for r in rs]
                              for k, rs in prune["runs"].items()},
-            "probing": {label: {"test": table.test, "dev": table.dev, "mix_weights": table.mix_weights}
-                        for label, table in probe["tables"].items()}}
+            "probing": {label: [{"test": t.test, "dev": t.dev, "mix_weights": t.mix_weights} for t in seeds]
+                        for label, seeds in probe["tables"].items()}}
     with open(os.path.join(out, "reproduce.json"), "w") as f:
         json.dump(slim, f, indent=1, default=str)
     print(f"report: {os.path.join(out, 'reproduce.md')} ({seconds / 60:.1f} minutes)")

@@ -41,7 +41,9 @@ def test_reproduce_quick_writes_the_whole_report(tmp_path):
         if row["method"] == "topK":
             assert all(abs(d - 0.1) < 0.02 for d in row["density"])  # the schedule reaches its final density
     assert set(data["probing"]) == {"pretrained", "fine-tuned BERT", "fine-tuned BERMo"}
-    assert len(data["probing"]["pretrained"]["test"]) == 8  # all eight probing tasks
+    assert len(data["probing"]["pretrained"]) == 1 and len(data["probing"]["fine-tuned BERMo"]) == 2  # per seed
+    assert len(data["probing"]["pretrained"][0]["test"]) == 8  # all eight probing tasks
+    assert [len(r["final"]) for r in data["mix"]] == [2, 2, 2]  # every mix_lr over every seed
     # the committed results are only written by a full run
     refused = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "reproduce.py"), "--quick",
                               "--record"], capture_output=True, text=True, timeout=300)
