@@ -475,7 +475,7 @@ def finish(args, trainer, tokenizer, data, curve, final, result, agree, started,
         return summary
     if args.prune:
         from ..pruning import compress, sparsity_report
-        from ..pruning.baking import bake_masks
+        from ..pruning import bake_masks
 
         report = sparsity_report(model)
         summary["density"] = report.density

@@ -7,8 +7,9 @@ only want ``ScalarMix`` and ``mix_parameter_groups`` does not pull in the Traine
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "BermoConfig": "configuration_bermo",
@@ -35,14 +36,4 @@ if TYPE_CHECKING:  # static analysers see ordinary imports
     from .trainer import BermoTrainer, BermoTrainingArguments
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

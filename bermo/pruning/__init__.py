@@ -7,7 +7,8 @@ The workflow:
    threshold), ``regularization`` penalises the scores (threshold methods, l0) with a weight that follows the
    schedule (``penalty_weight``), and ``distillation_loss`` / ``mix_losses`` distil from an unpruned teacher;
    ``PruningTrainer`` (``BermoPruningTrainer`` for BERMo) does all of it inside the Hugging Face Trainer;
-3. ``sparsity_report(model)`` says what is kept, per layer and overall;
+3. ``sparsity_report(model)`` says what is kept, per layer and overall; ``bake_masks(model)`` multiplies the masks
+   into plain ``nn.Linear`` weights, for a checkpoint any transformers loader reads exactly;
 4. ``compress(model)`` turns every MaskedLinear into its fastest exact inference form (smaller dense layers for
    pruned FFN neurons and heads, ``bermo.nn.BlockSparseLinear`` for sparse blocks); compressed BERMo
    checkpoints reload with ``from_pretrained``, and any compressed checkpoint (plain transformers BERT models
@@ -17,8 +18,9 @@ Names are imported on first use, so ``import bermo.pruning`` does not import the
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "DEFAULT_TARGETS": "preparation",
@@ -42,6 +44,7 @@ _EXPORTS = {
     "default_crossover": "compression",
     "CompressedCheckpointError": "compressed_checkpoint",
     "load_compressed": "compressed_checkpoint",
+    "bake_masks": "baking",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -52,19 +55,10 @@ if TYPE_CHECKING:  # static analysers see ordinary imports
     from .preparation import DEFAULT_TARGETS, masked_linears, prepare
     from .report import SparsityReport, kept_fraction, sparsity_report
     from .schedule import CubicSchedule, level_attribute, set_pruning_level
+    from .baking import bake_masks
     from .compressed_checkpoint import CompressedCheckpointError, load_compressed
     from .compression import compress, default_crossover
     from .trainer import BermoPruningTrainer, PruningConfig, PruningMixin, PruningTrainer
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
