@@ -474,8 +474,7 @@ def finish(args, trainer, tokenizer, data, curve, final, result, agree, started,
     if not trainer.is_world_process_zero():
         return summary
     if args.prune:
-        from ..pruning import compress, sparsity_report
-        from ..pruning import bake_masks
+        from ..pruning import bake_masks, compress, sparsity_report
 
         report = sparsity_report(model)
         summary["density"] = report.density
