@@ -318,17 +318,18 @@ def load_teacher(path: str, num_labels: int):
 
 def parameter_digest(model) -> str:
     """SHA-256 of every parameter (names, dtypes, shapes and bytes): whether processes, or a saved copy, agree."""
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in sorted(model.named_parameters()):
         data = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{data.dtype}:{tuple(data.shape)}".encode())
-        digest.update(data.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
+        digest.update(data.view(-1).view(dtype=torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
 def replicas_agree(model) -> Optional[bool]:
     """With several processes: whether every process ends with the same parameters (None on one process)."""
-    import torch
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -336,7 +337,6 @@ def replicas_agree(model) -> Optional[bool]:
     mine = parameter_digest(model)
     every = [None] * dist.get_world_size()
     dist.all_gather_object(every, mine)
-    del torch
     return all(d == every[0] for d in every)
 
 
@@ -357,7 +357,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     check_options(args)
     started = time.time()
     config = checkpoint_config(args.model)
-    teacher_config = checkpoint_config(args.teacher, "--teacher") if args.teacher else None
+    if args.teacher:
+        checkpoint_config(args.teacher, "--teacher")  # before the data is read: a bad teacher fails at once
     resume = last_checkpoint(args.output_dir, args.resume) if args.resume else None
     if args.max_length > config.max_position_embeddings:
         raise CommandError(f"--max-length {args.max_length} exceeds the {config.max_position_embeddings} positions "
@@ -365,7 +366,6 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     data = load_data(args)
     if "train" not in data.datasets or "validation" not in data.datasets:
         raise CommandError(f"{data.source}: needs a train and a validation split; has {list(data.datasets)}")
-    del teacher_config
 
     import torch
     from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer
