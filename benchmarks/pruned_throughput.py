@@ -100,9 +100,24 @@ def layer_rows(N, K, block, density, T, dtype, device, reps):
     return rows
 
 
+def prune_and_compress(m, density, block_shape, batches):
+    """Magnitude-prune ``m`` in place to ``density`` with ``block_shape`` blocks, compress it, and return how far the
+    compressed model's outputs on ``batches`` are from the masked model's (``compare``)."""
+    from bermo.pruning import compress, prepare
+
+    prepare(m, method="magnitude", block_shape=block_shape)
+    for layer in m.modules():
+        if isinstance(layer, MaskedLinear):
+            layer.density = density
+    with torch.no_grad():
+        masked = model_outputs(m, batches)
+    compress(m)
+    with torch.no_grad():
+        return compare(model_outputs(m, batches), masked)
+
+
 def model_rows(densities, B, T, dtype, device, reps, quick):
     from bermo.models import BermoConfig, BermoForSequenceClassification
-    from bermo.pruning import compress, prepare
 
     kw = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
               intermediate_size=3072) if not quick else dict(vocab_size=100, hidden_size=64, num_hidden_layers=2,
@@ -117,16 +132,8 @@ def model_rows(densities, B, T, dtype, device, reps, quick):
             continue
         m = BermoForSequenceClassification(copy.deepcopy(base.config)).to(device=device, dtype=dtype).eval()
         m.load_state_dict(base.state_dict())
-        prepare(m, method="magnitude", block_shape=(32, 32) if not quick else (16, 16))
-        for layer in m.modules():
-            if isinstance(layer, MaskedLinear):
-                layer.density = d
-        batches = [{"input_ids": ids}]
-        with torch.no_grad():
-            masked = model_outputs(m, batches)
-        compress(m)
-        with torch.no_grad():
-            checks[f"compressed {d}"] = compare(model_outputs(m, batches), masked)
+        checks[f"compressed {d}"] = prune_and_compress(m, d, (32, 32) if not quick else (16, 16),
+                                                       [{"input_ids": ids}])
         models[f"compressed {d}"] = m.eval()
     cases = {name: (lambda m=m: m(ids).logits, None) for name, m in models.items()}
     with torch.no_grad():
@@ -186,7 +193,6 @@ def minilm_rows(densities, dtype, device, reps, n_sentences, batch_size, data):
     from transformers import AutoTokenizer
 
     from bermo.models import BermoForSequenceClassification
-    from bermo.pruning import compress, prepare
 
     path = minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -209,15 +215,7 @@ def minilm_rows(densities, dtype, device, reps, n_sentences, batch_size, data):
         if d >= 1.0:
             continue
         m = copy.deepcopy(dense)
-        prepare(m, method="magnitude", block_shape=(32, 32))
-        for layer in m.modules():
-            if isinstance(layer, MaskedLinear):
-                layer.density = d
-        with torch.no_grad():
-            masked = model_outputs(m, batches)
-        compress(m)
-        with torch.no_grad():
-            checks[f"compressed {d}"] = compare(model_outputs(m, batches), masked)
+        checks[f"compressed {d}"] = prune_and_compress(m, d, (32, 32), batches)
         models[f"compressed {d}"] = m.eval()
     cases = {name: (lambda m=m: [m(**b).logits for b in batches], None) for name, m in models.items()}
     with torch.no_grad():

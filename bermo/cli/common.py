@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict
 
 import numpy as np
 
@@ -90,6 +90,11 @@ def holds_mask_scores(path: str) -> bool:
     return False
 
 
+def is_classifier(config) -> bool:
+    """Whether a checkpoint was saved as a sequence classifier (has a trained task head)."""
+    return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
+
+
 def metrics_function(num_labels: int):
     """``compute_metrics`` for the Trainer: accuracy, macro F1 (F1 of class 1 for two classes) and the share of
     the most frequent predicted label (what the divergence check reads)."""
@@ -121,7 +126,3 @@ def write_json(path: str, payload: Dict[str, Any]) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(payload, f, indent=1, default=str)
-
-
-def comma_floats(text: Optional[str]) -> Optional[Sequence[float]]:
-    return None if text is None else [float(v) for v in text.split(",") if v.strip()]

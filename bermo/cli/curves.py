@@ -75,11 +75,15 @@ class CurveCallback(TrainerCallback):
             accuracy, share = row.get("eval_accuracy"), row.get(PREDICTED_SHARE)
             if share is not None:
                 self.last_share = share
-                self.collapsed_now = share >= self.collapse_share and \
-                    self.dev_majority_share < self.collapse_share and \
-                    (accuracy is None or accuracy <= self.dev_majority_share + self.margin)
+                self.collapsed_now = self.collapsed(accuracy, share)
             if accuracy is not None and _finite(accuracy):
                 self.best_accuracy = max(self.best_accuracy, float(accuracy))
+
+    def collapsed(self, accuracy, share: float) -> bool:
+        """One class predicted (``share`` of the dev predictions) at about the majority class's accuracy: a model
+        that is right on a dev set that is itself nearly one class has not collapsed."""
+        return share >= self.collapse_share and self.dev_majority_share < self.collapse_share and \
+            (accuracy is None or accuracy <= self.dev_majority_share + self.margin)
 
     # ------------------------------------------------------------------ Trainer hooks
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -104,10 +108,7 @@ class CurveCallback(TrainerCallback):
         share = metrics.get(PREDICTED_SHARE)
         accuracy = metrics.get("eval_accuracy")
         if share is not None:
-            # one class predicted, at about the majority share's accuracy (a model that is right on a dev set that
-            # is nearly one class has not collapsed)
-            collapsed = share >= self.collapse_share and self.dev_majority_share < self.collapse_share and \
-                (accuracy is None or accuracy <= self.dev_majority_share + self.margin)
+            collapsed = self.collapsed(accuracy, share)
             learned = self.best_accuracy > self.dev_majority_share + self.margin
             if collapsed and learned and not self.collapsed_now:
                 self._event(state, "collapsed", f"dev predictions collapsed to one class at step {state.global_step}"

@@ -10,7 +10,8 @@ import argparse
 import time
 from typing import Any, Dict
 
-from .common import CommandError, add_data_arguments, checkpoint_config, f1_score, load_data, write_json
+from .common import (CommandError, add_data_arguments, checkpoint_config, f1_score, is_classifier, load_data,
+                     write_json)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,9 +52,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     if args.task is None and not any((args.validation_file, args.test_file, args.train_file)):
         raise CommandError("no data: give --task NAME or --validation-file / --test-file")
     config = checkpoint_config(args.model, allow_compressed=True)
-    heads = getattr(config, "architectures", None) or []
-    if not any(a.endswith("ForSequenceClassification") for a in heads):
-        raise CommandError(f"--model {args.model} is not a sequence classifier (architectures {heads}); "
+    if not is_classifier(config):
+        raise CommandError(f"--model {args.model} is not a sequence classifier (architectures "
+                           f"{getattr(config, 'architectures', None)}); "
                            "evaluate a model written by `bermo train` (its model/ or compressed/ folder)")
     if args.max_length > config.max_position_embeddings:
         raise CommandError(f"--max-length {args.max_length} exceeds the model's {config.max_position_embeddings} "

@@ -24,7 +24,7 @@ import os
 import time
 from typing import Any, Dict, Optional, Tuple
 
-from .common import (CommandError, add_data_arguments, checkpoint_config, comma_floats, load_data,
+from .common import (CommandError, add_data_arguments, checkpoint_config, is_classifier, load_data,
                      metrics_function, write_json)
 
 METHODS = ("topK", "magnitude", "threshold", "sigmoied_threshold", "l0")
@@ -287,8 +287,7 @@ def load_model(args: argparse.Namespace, config, num_labels: int, label_names):
     if args.arch == "bert" and config.model_type == "bermo":
         raise CommandError(f"--arch bert --model {args.model}: that is a BERMo checkpoint; its mix would be "
                            "dropped. Use --arch bermo, or a BERT checkpoint")
-    heads = getattr(config, "architectures", None) or []
-    if any(a.endswith("ForSequenceClassification") for a in heads) and config.num_labels != num_labels:
+    if is_classifier(config) and config.num_labels != num_labels:
         raise CommandError(f"--model {args.model} is a classifier with {config.num_labels} labels but the data has "
                            f"{num_labels} ({label_names}); start from its encoder or from a BERT checkpoint")
     labels = {"num_labels": num_labels, "id2label": dict(enumerate(label_names)),
@@ -307,7 +306,7 @@ def load_teacher(path: str, num_labels: int):
     from transformers import AutoModelForSequenceClassification
 
     config = checkpoint_config(path, "--teacher")
-    if not any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or [])):
+    if not is_classifier(config):
         raise CommandError(f"--teacher {path} is not a sequence classifier (architectures "
                            f"{getattr(config, 'architectures', None)}): distillation needs a fine-tuned teacher, e.g. "
                            "the model/ folder of a `bermo train` run")
