@@ -5,8 +5,9 @@ code, side by side in one run.
 
 Providers: ``dense`` (``F.linear(x, W, b)``: no pruning at all), ``eager masked`` (``F.linear(x, W * M, b)`` with
 the block mask expanded to the weight and a straight-through float mask that needs a gradient, as the
-movement-pruning reference code does it) and ``bermo`` (``bermo.masked_linear``, auto backend: Triton on a GPU,
-the C++ kernels on a CPU). Modes: ``forward`` (autograd on, as in training) and ``train step`` (forward and
+movement-pruning reference code does it) and ``bermo`` (``bermo.masked_linear`` with the kept-fraction hint
+``density=d`` that ``MaskedLinear`` passes for topK and magnitude, auto backend: Triton on a GPU, the C++ kernels
+on a CPU). Modes: ``forward`` (autograd on, as in training) and ``train step`` (forward and
 backward with the gradients of x, W, b and the mask scores). Shapes are BERT-base's (768x768 attention,
 3072x768 FFN in, 768x3072 FFN out) at 1024 tokens on a CPU, 4096 on a GPU; float32 on a CPU, bfloat16 on a GPU.
 
@@ -58,15 +59,15 @@ def make_case(T, N, K, block_shape, density, dtype, device, seed=0):
     return x, w, b, mask, dy
 
 
-def providers(block_shape):
+def providers(block_shape, density):
     def dense(x, w, b, m):
         return F.linear(x, w, b)
 
     def eager(x, w, b, m):
         return F.linear(x, w * expand_mask(m, block_shape).to(w.dtype), b)
 
-    def ours(x, w, b, m):
-        return ml.masked_linear(x, w, m, b, block_shape)
+    def ours(x, w, b, m):  # with the kept-fraction hint MaskedLinear passes for topK / magnitude
+        return ml.masked_linear(x, w, m, b, block_shape, density=density)
 
     return {"dense": dense, "eager masked": eager, "bermo": ours}
 
@@ -120,7 +121,7 @@ def bench_case(T, N, K, block_name, density, dtype, device, reps, graphs=False):
     flops = {"forward": 2 * T * N * K * kept, "train step": 2 * T * N * K * (2 * kept + 1)}
     cases = {"forward": {}, "train step": {}}
     errors = {}
-    for name, fn in providers(block_shape).items():
+    for name, fn in providers(block_shape, density).items():
         y = fn(*leaves)
         grads = torch.autograd.grad(y, leaves, dy, allow_unused=True)
         if name == "dense":

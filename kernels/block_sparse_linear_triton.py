@@ -16,15 +16,15 @@ matmul); float16 / bfloat16 operands go to the tensor cores.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
 from .dtypes import check_interpreter_mode, triton_dtype, triton_interpreting
-# the float32-accumulating dot (with the interpreter's bfloat16 workaround) and the warp rule, shared
-from .masked_linear_triton import _dot, _dot_f32, _warps  # noqa: F401  (_dot is called by the kernel)
+# the float32-accumulating dot (with the interpreter's bfloat16 workaround), shared
+from .masked_linear_triton import _dot, _dot_f32  # noqa: F401  (_dot is called by the kernel)
 
 
 @triton.jit
@@ -79,7 +79,12 @@ def bsr_linear_kernel(x_ptr, crow_ptr, col_ptr, v_ptr, bias_ptr, y_ptr, M, N, K,
 # ----------------------------------------------------------------------------------------------------------
 # Tiles
 # ----------------------------------------------------------------------------------------------------------
-BM = 128  # tokens per program (GPU-sized: a 128 x 32 output tile per 32 x 32 block row slice)
+BM = 128     # tokens per program (a 128 x 32 output tile per 32 x 32 block row slice)
+STAGES = 3   # software-pipeline stages
+
+
+def _warps(bm: int, bn: int) -> int:
+    return 4 if bm * bn <= 64 * 64 else 8
 SIDE_CHOICES = (64, 32, 16)
 
 
@@ -114,6 +119,14 @@ def _check(x: torch.Tensor) -> None:
 # ----------------------------------------------------------------------------------------------------------
 def forward(x2d: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
             bias: Optional[torch.Tensor], out_features: int) -> torch.Tensor:
+    return forward_with(x2d, (crow, col, values, out_features), bias)
+
+
+def forward_with(x2d: torch.Tensor, bsr, bias: Optional[torch.Tensor],
+                 config: Optional[Tuple[int, int, int]] = None) -> torch.Tensor:
+    """``forward`` with ``bsr = (crow, col, values, out_features)``; ``config`` = (tokens per program, warps,
+    stages) overrides ``BM``, the warp rule and ``STAGES`` (tile sweeps)."""
+    crow, col, values, out_features = bsr
     _check(x2d)
     x2d = x2d.detach()
     if not x2d.is_contiguous():
@@ -131,11 +144,12 @@ def forward(x2d: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, values: to
         v = torch.zeros(1, dtype=x2d.dtype, device=x2d.device)
         col32 = torch.zeros(1, dtype=torch.int32, device=x2d.device)
     bn, bk, even = tiles((bo, bi))
+    bm, warps, stages = config or (BM, _warps(BM, bn), STAGES)
     n_sub = triton.cdiv(bo, bn)
-    grid = ((crow32.numel() - 1) * n_sub, triton.cdiv(M, BM))  # (the second axis is limited to 65535)
+    grid = ((crow32.numel() - 1) * n_sub, triton.cdiv(M, bm))  # (the second axis is limited to 65535)
     bsr_linear_kernel[grid](x2d, crow32, col32, v, bias if bias is not None else y, y, M, N, K, bo, bi, n_sub,
                             HAS_BIAS=bias is not None, EVEN=even, IEEE=x2d.dtype == torch.float32,
-                            DOT_F32=_dot_f32(x2d), BM=BM, BN=bn, BK=bk, num_warps=_warps(BM, bn))
+                            DOT_F32=_dot_f32(x2d), BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages)
     return y
 
 
@@ -143,7 +157,7 @@ def forward(x2d: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, values: to
 # Every configuration the launcher can pick, for the ahead-of-time compile check (kernels/compile.py).
 # ----------------------------------------------------------------------------------------------------------
 def compile_configurations():
-    """Yield ``(label, kernel, signature, constexprs, attrs_div16_arg_names, num_warps)``.
+    """Yield ``(label, kernel, signature, constexprs, attrs_div16_arg_names, num_warps, num_stages)``.
 
     ``EVEN`` configurations are labelled ``aligned=True`` (with the generic twin ``aligned=False``), so the
     compile check asserts that they read and write in 16-byte vectors; they are compiled with the sizes
@@ -159,10 +173,10 @@ def compile_configurations():
                                "bo": "i32", "bi": "i32", "n_sub": "i32", "HAS_BIAS": "constexpr",
                                "EVEN": "constexpr", "IEEE": "constexpr", "DOT_F32": "constexpr", "BM": "constexpr",
                                "BN": "constexpr", "BK": "constexpr"}
-                        warps = _warps(BM, bn)
-                        yield (f"block_sparse_linear {t} BLOCK_R={BM} BLOCK_C={bn} BK={bk} warps={warps} "
+                        bm, warps, stages = BM, _warps(BM, bn), STAGES
+                        yield (f"block_sparse_linear {t} BLOCK_R={bm} BLOCK_C={bn} BK={bk} warps={warps} "
                                f"bias={has_bias} aligned={even}",
                                bsr_linear_kernel, sig,
                                {"HAS_BIAS": has_bias, "EVEN": even, "IEEE": dtype == torch.float32,
-                                "DOT_F32": False, "BM": BM, "BN": bn, "BK": bk},
-                               ["N", "K", "bo", "bi"] if even else ["N", "K"], warps)
+                                "DOT_F32": False, "BM": bm, "BN": bn, "BK": bk},
+                               ["N", "K", "bo", "bi"] if even else ["N", "K"], warps, stages)

@@ -106,14 +106,15 @@ def _compile_one(job):
     from triton.compiler import ASTSource
 
     module = importlib.import_module(module_name)
-    label, fn, signature, constexprs, div16, warps = list(module.compile_configurations())[index]
+    label, fn, signature, constexprs, div16, warps, *stages = list(module.compile_configurations())[index]
     names = list(signature)
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n, ty in signature.items()
              if ty.startswith("*") or n in div16}
     start = time.perf_counter()
     try:
         src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+        options = {"num_warps": warps, **({"num_stages": stages[0]} if stages else {})}
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     except Exception as exc:
         msg = str(exc).strip().splitlines()
         return False, f"FAIL sm_{arch}  {label}: {type(exc).__name__}: {' | '.join(msg[-5:])}", None

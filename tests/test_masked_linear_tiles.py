@@ -1,7 +1,9 @@
-"""The masked-linear Triton launchers' tile machinery (the interpreter without a GPU, CUDA with one): the kept-tile
-lists built on the device, both grad-weight tiles with the mask gradient, the bias gradient fused into the
-grad-weight pass (a pruned first tile column included); and, on a GPU only, BERT-base-sized parity, CUDA-graph
-capture of a whole training step, and BlockSparseLinear at an FFN shape."""
+"""The masked-linear Triton launchers' machinery (the interpreter without a GPU, CUDA with one): the choice of path
+(block-skipping or dense) and its density hint, the kept-tile lists built on the device (by their own launch or
+inside the product), the weight-gradient epilogue's block sums at every granularity on both paths, the bias
+gradient fused into the kept-tiles pass (a pruned first tile column included); and, on a GPU only,
+BERT-base-sized parity on both paths, CUDA-graph capture of a whole training step, and BlockSparseLinear at an
+FFN shape."""
 import importlib
 import warnings
 import zlib
@@ -45,12 +47,12 @@ def _reference(x, w, b, mask, block, dy):
     return [y.detach()] + [t.grad for t in leaves]
 
 
-def _run(x, w, b, mask, block, dy, mask_grad, device=DEV):
+def _run(x, w, b, mask, block, dy, mask_grad, device=DEV, density=None):
     xs, ws, bs = (t.detach().to(device).requires_grad_() for t in (x, w, b))
     ms = mask.detach().to(device)
     if mask_grad:
         ms.requires_grad_()
-    y = ml.masked_linear(xs, ws, ms, bs, block, backend="triton")
+    y = ml.masked_linear(xs, ws, ms, bs, block, backend="triton", density=density)
     y.backward(dy.to(device))
     return [y, xs.grad, ws.grad, bs.grad, ms.grad if mask_grad else None]
 
@@ -84,18 +86,68 @@ def test_kept_tile_lists(block, tile, transpose):
         assert order[r, :len(want)].tolist() == want, r
 
 
-@pytest.mark.parametrize("gw_tile", [64, 128])
-@pytest.mark.parametrize("block", [(32, 32), (1, 1), (1, "K"), (16, 32), (20, 12)], ids=str)
-def test_grad_weight_tiles_with_mask_gradient(monkeypatch, gw_tile, block):
+def test_path_choice():
     tri = _tri()
-    monkeypatch.setattr(tri, "gw_tile", lambda N, K, device: gw_tile)
-    N, K, T = 160, 192, 70
-    bs = (block[0], K if block[1] == "K" else block[1])
+    assert [tri.sparse_tile(b) for b in [(32, 32), (16, 64), (64, 128), (48, 48), (1, 1), (1, 768), (20, 12)]] == \
+        [32, 16, 64, 16, None, None, None]
+    assert not tri.uses_dense_path((32, 32), None) and not tri.uses_dense_path((32, 32), tri.DENSE_FROM / 2)
+    assert tri.uses_dense_path((32, 32), tri.DENSE_FROM) and tri.uses_dense_path((32, 32), 1.0)
+    assert tri.uses_dense_path((1, 1), None) and tri.uses_dense_path((1, 768), 0.1)
+    x, w, m = torch.randn(3, 64), torch.randn(32, 64), torch.ones(1, 2)
+    for bad in (1.5, -0.1, "dense", float("nan")):
+        with pytest.raises(ValueError, match="density"):
+            ml.masked_linear(x, w, m, None, (32, 32), backend="reference", density=bad)
+
+
+@pytest.mark.parametrize("list_in_kernel", [0, 1024], ids=["list-launch", "list-in-kernel"])
+@pytest.mark.parametrize("scale_product", [False, True], ids=["scale-weight", "scale-product"])
+@pytest.mark.parametrize("transpose", [False, True], ids=["forward", "grad-input"])
+def test_sparse_product_variants(list_in_kernel, scale_product, transpose):
+    """Every variant the tile sweep times (tile lists launched or built in the program, the mask value on the
+    weight tile or on the product, both program orders) against float64, with a continuous mask."""
+    tri = _tri()
+    N, K, T = 96, 128, 70
+    x, w, b, mask, dy = _case(T, N, K, (32, 32), 0.5, torch.float32, seed=21 + transpose, mask_kind="float")
+    mask[1] = 0  # an empty row of blocks
+    wm = w.double() * torch.kron(mask.double(), torch.ones(32, 32, dtype=torch.float64))
+    for j_first in (False, True):
+        if transpose:
+            got = tri.sparse_mm(dy.to(DEV), w.to(DEV), mask.to(DEV), None, (32, 32), True, None, list_in_kernel,
+                                j_first, scale_product)
+            want = dy.double() @ wm
+        else:
+            got = tri.sparse_mm(x.to(DEV), w.to(DEV), mask.to(DEV), b.to(DEV), (32, 32), False, None,
+                                list_in_kernel, j_first, scale_product)
+            want = x.double() @ wm.T + b.double()
+        err = (got.cpu().double() - want).abs().max().item()
+        assert err <= 2e-5 * want.abs().max().item(), (j_first, err)
+
+
+@pytest.mark.parametrize("density_hint", [None, 1.0], ids=["hint-none", "hint-dense"])
+@pytest.mark.parametrize("block", [(32, 32), (1, 1), (1, "K"), (16, 32), (20, 12), (64, 64), ("N", 1)], ids=str)
+def test_grad_weight_epilogue_granularities(density_hint, block):
+    """The mask gradient's block sums at every granularity the epilogue takes ((g, g), (1, g), (g, 1), (1, 1)
+    with a host fold when finer than the block), on the block-skipping and the dense path."""
+    N, K, T = 320, 192, 70
+    bs = (N if block[0] == "N" else block[0], K if block[1] == "K" else block[1])
     dtype = torch.float32
-    x, w, b, mask, dy = _case(T, N, K, bs, 0.5, dtype, seed=zlib.crc32(repr((gw_tile, block)).encode()),
+    x, w, b, mask, dy = _case(T, N, K, bs, 0.5, dtype, seed=zlib.crc32(repr((density_hint, block)).encode()),
                               mask_kind="float")
-    got = _run(x, w, b, mask, bs, dy, mask_grad=True)
-    _compare(got, _reference(x, w, b, mask, bs, dy), dtype, f"{bs} tile {gw_tile}: ")
+    got = _run(x, w, b, mask, bs, dy, mask_grad=True, density=density_hint)
+    _compare(got, _reference(x, w, b, mask, bs, dy), dtype, f"{bs} hint {density_hint}: ")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("mask_grad", [False, True], ids=["bool-mask", "float-mask"])
+def test_dense_path_for_block_masks(dtype, mask_grad):
+    """A block-aligned mask with a dense hint takes the dense path (W * M materialised, then the vendor GEMM)
+    and agrees with float64 in every dtype; so does the block-skipping path on the same case."""
+    x, w, b, mask, dy = _case(40, 64, 96, (32, 32), 0.6, dtype, seed=31 + mask_grad,
+                              mask_kind="float" if mask_grad else "bool")
+    want = _reference(x, w, b, mask.float(), (32, 32), dy)
+    for hint in (1.0, None):
+        got = _run(x, w, b, mask if mask_grad else mask.bool(), (32, 32), dy, mask_grad=mask_grad, density=hint)
+        _compare(got, want, dtype, f"hint {hint}: ")
 
 
 @pytest.mark.parametrize("block", [(32, 32), (16, 16), (1, 1)], ids=str)
@@ -124,22 +176,23 @@ gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 @gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
-@pytest.mark.parametrize("block,density", [((32, 32), 0.1), ((32, 32), 1.0), ((1, 1), 0.5), ((1, "K"), 0.3)],
+@pytest.mark.parametrize("block,density,hint", [((32, 32), 0.1, None), ((32, 32), 1.0, None), ((32, 32), 1.0, 1.0),
+                                                ((64, 64), 0.1, 0.1), ((1, 1), 0.5, None), ((1, "K"), 0.3, None)],
                          ids=str)
-@pytest.mark.parametrize("shape", [(768, 3072), (768, 768)], ids=str)
-def test_bert_base_parity_on_gpu(dtype, block, density, shape):
+@pytest.mark.parametrize("shape", [(768, 3072), (3072, 768), (768, 768)], ids=str)
+def test_bert_base_parity_on_gpu(dtype, block, density, hint, shape):
     N, K = shape
     bs = (block[0], K if block[1] == "K" else block[1])
     x, w, b, mask, dy = _case(1000, N, K, bs, density, dtype, seed=zlib.crc32(repr((shape, block)).encode()),
                               mask_kind="float")
-    got = _run(x, w, b, mask, bs, dy, mask_grad=True, device="cuda")
+    got = _run(x, w, b, mask, bs, dy, mask_grad=True, device="cuda", density=hint)
     _compare(got, _reference(x, w, b, mask, bs, dy), dtype, f"{shape} {bs} {density}: ")
 
 
 @gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("block", [(32, 32), (1, 1)], ids=str)
-def test_training_step_is_capturable_in_a_cuda_graph(block):
+@pytest.mark.parametrize("block,hint", [((32, 32), None), ((32, 32), 1.0), ((1, 1), None)], ids=str)
+def test_training_step_is_capturable_in_a_cuda_graph(block, hint):
     """No host sync anywhere in a call: the whole step (forward, every gradient) replays from a CUDA graph with
     the eager call's results, bit for bit."""
     x, w, b, mask, dy = _case(512, 384, 256, block, 0.3, torch.bfloat16, seed=13, mask_kind="float")
@@ -150,7 +203,7 @@ def test_training_step_is_capturable_in_a_cuda_graph(block):
         dyc = dy.cuda()
 
         def step():
-            y = ml.masked_linear(*leaves[:2], leaves[3], leaves[2], block, backend="triton")
+            y = ml.masked_linear(*leaves[:2], leaves[3], leaves[2], block, backend="triton", density=hint)
             return (y,) + torch.autograd.grad(y, leaves, dyc)
 
         eager = [t.clone() for t in step()]

@@ -311,7 +311,10 @@ class MaskedLinear(nn.Linear):
 
     # -------------------------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return masked_linear(x, self.weight, self.block_mask(), self.bias, self.block_shape, backend=self.backend)
+        # topK and magnitude know how many blocks they keep: a host-side hint for the GPU kernels' choice of path
+        hint = self._density if self._method in ("topK", "magnitude") else None
+        return masked_linear(x, self.weight, self.block_mask(), self.bias, self.block_shape, backend=self.backend,
+                             density=hint)
 
     def extra_repr(self) -> str:
         parts = [f"in_features={self.in_features}", f"out_features={self.out_features}",

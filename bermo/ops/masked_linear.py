@@ -101,40 +101,47 @@ def _launchers(backend: str):
     return launchers
 
 
+def _path(backend: str, dense: bool):
+    """The launchers' extra argument: the Triton ones take the host's choice of path (``dense``), the C++ ones
+    choose from the mask itself (it is on the host)."""
+    return (dense,) if backend == "triton" else ()
+
+
 def _forward(x2d: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor,
-             block_shape: List[int], backend: str) -> torch.Tensor:
+             block_shape: List[int], dense: bool, backend: str) -> torch.Tensor:
     """``bias`` is an empty tensor for none (a custom op's schema takes no optional tensors quietly)."""
-    return _launchers(backend).forward(x2d, weight, mask, bias if bias.numel() else None, tuple(block_shape))
+    return _launchers(backend).forward(x2d, weight, mask, bias if bias.numel() else None, tuple(block_shape),
+                                       *_path(backend, dense))
 
 
-def _forward_fake(x2d, weight, mask, bias, block_shape, backend):
+def _forward_fake(x2d, weight, mask, bias, block_shape, dense, backend):
     return x2d.new_empty((x2d.shape[0], weight.shape[0]))
 
 
 def _grad_input(dy2d: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, block_shape: List[int],
-                backend: str) -> torch.Tensor:
-    return _launchers(backend).grad_input(dy2d, weight, mask, tuple(block_shape))
+                dense: bool, backend: str) -> torch.Tensor:
+    return _launchers(backend).grad_input(dy2d, weight, mask, tuple(block_shape), *_path(backend, dense))
 
 
-def _grad_input_fake(dy2d, weight, mask, block_shape, backend):
+def _grad_input_fake(dy2d, weight, mask, block_shape, dense, backend):
     return dy2d.new_empty((dy2d.shape[0], weight.shape[1]))
 
 
 def _grad_weight(dy2d: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
-                 block_shape: List[int], need_mask_grad: bool, need_bias_grad: bool,
+                 block_shape: List[int], need_mask_grad: bool, need_bias_grad: bool, dense: bool,
                  backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad weight, grad mask, grad bias); the latter two empty tensors when not asked for (custom ops return
-    tensors, not None). The Triton kernel sums the bias gradient in the same pass as ``dY^T X``."""
+    tensors, not None). The Triton launcher also returns the bias gradient."""
     if backend == "triton":
         gw, gm, gb = _launchers(backend).grad_weight(dy2d, x2d, weight, mask, tuple(block_shape), need_mask_grad,
-                                                     need_bias_grad)
+                                                     need_bias_grad, dense)
     else:
         gw, gm = _launchers(backend).grad_weight(dy2d, x2d, weight, mask, tuple(block_shape), need_mask_grad)
         gb = _bias_grad(dy2d) if need_bias_grad else None
     return gw, (mask.new_empty(0) if gm is None else gm), (dy2d.new_empty(0) if gb is None else gb)
 
 
-def _grad_weight_fake(dy2d, x2d, weight, mask, block_shape, need_mask_grad, need_bias_grad, backend):
+def _grad_weight_fake(dy2d, x2d, weight, mask, block_shape, need_mask_grad, need_bias_grad, dense, backend):
     return (weight.new_empty(weight.shape), mask.new_empty(mask.shape if need_mask_grad else (0,)),
             dy2d.new_empty((weight.shape[0],) if need_bias_grad else (0,)))
 
@@ -154,10 +161,11 @@ _ops = CustomOps("masked_linear", {
 # Autograd
 # ----------------------------------------------------------------------------------------------------------
 class MaskedLinearFunction(torch.autograd.Function):
-    """``forward(x, weight, mask, bias, block_shape, backend)``; ``mask`` as given (bool or float)."""
+    """``forward(x, weight, mask, bias, block_shape, backend, dense)``; ``mask`` as given (bool or float);
+    ``dense``: the Triton launchers' path (``uses_dense_path``), ignored by the others."""
 
     @staticmethod
-    def forward(ctx, x, weight, mask, bias, block_shape, backend):
+    def forward(ctx, x, weight, mask, bias, block_shape, backend, dense):
         acc = acc_dtype(x.dtype)
         kmask = mask.detach().to(acc).contiguous()
         x2d = x.reshape(-1, x.shape[-1])
@@ -165,9 +173,9 @@ class MaskedLinearFunction(torch.autograd.Function):
             x2d = x2d.contiguous()
         w = weight.contiguous()
         b = x.new_empty(0) if bias is None else bias
-        y = _ops().forward(x2d, w, kmask, b, list(block_shape), backend)
+        y = _ops().forward(x2d, w, kmask, b, list(block_shape), dense, backend)
         ctx.save_for_backward(x2d, w, kmask)
-        ctx.block_shape, ctx.backend, ctx.x_shape = tuple(block_shape), backend, x.shape
+        ctx.block_shape, ctx.backend, ctx.x_shape, ctx.dense = tuple(block_shape), backend, x.shape, dense
         ctx.has_bias, ctx.mask_dtype = bias is not None, mask.dtype
         return y.view(*x.shape[:-1], weight.shape[0])
 
@@ -183,31 +191,45 @@ class MaskedLinearFunction(torch.autograd.Function):
             dy2d = dy2d.contiguous()
         grad_x = grad_w = grad_m = grad_b = None
         if need_x:
-            grad_x = _ops().grad_input(dy2d, w, kmask, list(ctx.block_shape), ctx.backend).view(ctx.x_shape)
+            grad_x = _ops().grad_input(dy2d, w, kmask, list(ctx.block_shape), ctx.dense,
+                                       ctx.backend).view(ctx.x_shape)
         need_b = bool(need_b and ctx.has_bias)
         if need_w or need_m:
             gw, gm, gb = _ops().grad_weight(dy2d, x2d, w, kmask, list(ctx.block_shape), bool(need_m), need_b,
-                                            ctx.backend)
+                                            ctx.dense, ctx.backend)
             grad_w = gw if need_w else None
             grad_m = gm.to(ctx.mask_dtype) if need_m else None
             grad_b = gb if need_b else None
         elif need_b:
             grad_b = _bias_grad(dy2d)
-        return grad_x, grad_w, grad_m, grad_b, None, None
+        return grad_x, grad_w, grad_m, grad_b, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Functional entry point
 # ----------------------------------------------------------------------------------------------------------
 def masked_linear(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                  block_shape: Sequence[int] = (1, 1), backend: Optional[str] = None) -> torch.Tensor:
+                  block_shape: Sequence[int] = (1, 1), backend: Optional[str] = None,
+                  density: Optional[float] = None) -> torch.Tensor:
     """``x @ (weight * expand(mask)).T + bias`` where ``mask`` holds one value per ``block_shape`` block of
     ``weight``, shape ``(out // bo, in // bi)``: ``(1, 1)`` one per weight, ``(1, in)`` whole output rows,
     ``(out, 1)`` whole input columns. ``mask`` is bool or float (gradients reach a float mask:
     ``blocksum(dY^T X * weight)``). ``x`` is ``(..., in)``; float32, bfloat16, float16 (float32 accumulation),
-    float64 on the ``cpu`` and ``reference`` backends. Pruned blocks are skipped by the kernels."""
+    float64 on the ``cpu`` and ``reference`` backends. Pruned blocks are skipped by the kernels.
+
+    ``density``: the fraction of mask blocks expected to be nonzero, if the caller knows it (``MaskedLinear``
+    passes its own for ``topK`` and ``magnitude``). A hint for the GPU path only, read on the host so the call
+    never waits for the device: near-dense masks then go to cuBLAS (see
+    ``bermo.kernels.masked_linear_triton.uses_dense_path``). It never changes the result."""
     bo, bi = _validate(x, weight, mask, bias, block_shape)
+    if density is not None and not (isinstance(density, (int, float)) and 0.0 <= density <= 1.0):
+        raise ValueError(f"{OP_NAME}: density (the expected kept fraction, a hint) must be a number in [0, 1] or "
+                         f"None; got {density!r}")
     name = backends.resolve_no_float64_triton(backend, x, OP_NAME)
     if name == "reference":
         return reference_masked_linear(x, weight, mask, bias, (bo, bi))
-    return MaskedLinearFunction.apply(x, weight, mask, bias, (bo, bi), name)
+    dense = False
+    if name == "triton":
+        from ..kernels.masked_linear_triton import uses_dense_path
+        dense = uses_dense_path((bo, bi), density)
+    return MaskedLinearFunction.apply(x, weight, mask, bias, (bo, bi), name, dense)

@@ -1,0 +1,222 @@
+"""Tile sweep of the masked-linear and block-sparse GPU kernels, and the crossover of the block-skipping and
+dense paths: the evidence behind the constants of ``bermo/kernels/masked_linear_triton.py`` (``MM_TILES``,
+``LIST_IN_KERNEL_MAX``, ``J_FIRST``, ``DENSE_FROM``) and ``block_sparse_linear_triton.py`` (``TILES``).
+
+    python benchmarks/masked_linear_sweep.py [--tokens 4096] [--out DIR]
+
+GPU only (bfloat16). Every time is the device time of one call replayed from a CUDA graph (``graph_ms``: 40
+calls captured in one graph, the median of 15 replays, divided by 40), so the host's launch cost is left out.
+Steps, each on BERT-base shapes (768x768, 3072x768 FFN in, 768x3072 FFN out), 32x32 blocks:
+
+1. the block-skipping forward at density 0.1 for (tokens per program, warps, stages), then the program order,
+   the in-kernel tile lists and where the mask value is applied, on the best of those (ranked by the
+   geometric mean over the shapes);
+2. the same for the input gradient (``transpose``);
+3. BlockSparseLinear's kernel at density 0.1 for (tokens per program, warps, stages);
+4. with the chosen tiles, densities 0.05 to 1.0: block-skipping forward and input gradient, the dense path
+   (``W * M`` then cuBLAS), dense ``F.linear`` and eager masked ``F.linear(x, W * M)``, and the weight gradient
+   without the mask gradient (kept tiles only, against cuBLAS + epilogue): where the paths cross.
+
+Each result is checked against the float32 product (max relative error under 1e-2) before it is timed.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import add_output_args, environment, markdown_table, output_dir, write_results  # noqa: E402
+
+from bermo.kernels import block_sparse_linear_triton as bst  # noqa: E402
+from bermo.kernels import masked_linear_triton as mlt  # noqa: E402
+
+SHAPES = [(768, 768), (3072, 768), (768, 3072)]  # (out, in)
+BLOCK = (32, 32)
+TILE_GRID = list(itertools.product((64, 128, 256), (4, 8), (2, 3, 4)))  # (tokens per program, warps, stages)
+DENSITIES = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+DEV = "cuda"
+
+
+def graph_ms(fn, calls: int = 40, reps: int = 15) -> float:
+    """Median device time of one ``fn()`` call, replayed from a CUDA graph of ``calls`` calls."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        graph.replay()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / calls)
+    del graph
+    return sorted(times)[len(times) // 2]
+
+
+def case(N, K, density, T, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    dev, dt = DEV, torch.bfloat16
+    x = torch.randn(T, K, generator=gen).to(dev, dt)
+    dy = torch.randn(T, N, generator=gen).to(dev, dt)
+    w = (torch.randn(N, K, generator=gen) / K ** 0.5).to(dev, dt)
+    b = torch.randn(N, generator=gen).to(dev, dt)
+    nb = (N // BLOCK[0], K // BLOCK[1])
+    keep = torch.zeros(nb[0] * nb[1])
+    keep[torch.randperm(keep.numel(), generator=gen)[:max(1, round(density * keep.numel()))]] = 1.0
+    mask = keep.view(nb).to(dev)
+    wm = w * mask.repeat_interleave(BLOCK[0], 0).repeat_interleave(BLOCK[1], 1).to(dt)
+    return dict(x=x, dy=dy, w=w, b=b, mask=mask, wm=wm)
+
+
+def check(got, want, what):
+    err = ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
+    if not err < 1e-2:
+        raise SystemExit(f"PARITY {what}: max rel error {err:.3e}")
+    return err
+
+
+def gmean(values):
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def sweep(label, configs, cases, run, want):
+    """Time ``run(c, cfg)`` for every config and case; rows and the config with the best geometric mean."""
+    rows, scores = [], {}
+    for cfg in configs:
+        times = []
+        for (N, K), c in cases.items():
+            try:
+                check(run(c, cfg), want(c), f"{label} {cfg} {N}x{K}")
+                ms = graph_ms(lambda c=c: run(c, cfg))
+            except SystemExit:
+                raise
+            except Exception as exc:  # a configuration that does not fit (shared memory): recorded, skipped
+                rows.append({"step": label, "config": str(cfg), "shape": f"{N}x{K}", "ms": None,
+                             "note": f"{type(exc).__name__}: {str(exc)[:80]}"})
+                times = None
+                break
+            times.append(ms)
+            rows.append({"step": label, "config": str(cfg), "shape": f"{N}x{K}", "ms": ms, "note": ""})
+        if times:
+            scores[cfg] = gmean(times)
+        print(f"{label} {cfg}: " + (" ".join(f"{t * 1e3:.1f}us" for t in times) if times else "failed"),
+              flush=True)
+    best = min(scores, key=scores.get)
+    print(f"{label}: best {best} ({scores[best] * 1e3:.1f} us geometric mean)", flush=True)
+    return rows, best
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, default=4096)
+    add_output_args(parser)
+    args = parser.parse_args()
+    if DEV == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("masked_linear_sweep: needs a GPU")
+    torch.manual_seed(0)
+    T = args.tokens
+    start = time.time()
+    rows = []
+    sparse = {s: case(*s, 0.1, T) for s in SHAPES}
+
+    def fwd(c, cfg):
+        return mlt.sparse_mm(c["x"], c["w"], c["mask"], c["b"], BLOCK, False, *cfg)
+
+    def dgrad(c, cfg):
+        return mlt.sparse_mm(c["dy"], c["w"], c["mask"], None, BLOCK, True, *cfg)
+
+    def fwd_want(c):
+        return F.linear(c["x"].float(), c["wm"].float(), c["b"].float())
+
+    def dgrad_want(c):
+        return c["dy"].float() @ c["wm"].float()
+
+    tiles = TILE_GRID
+    chosen = {}
+    for label, run, want in (("forward", fwd, fwd_want), ("grad input", dgrad, dgrad_want)):
+        r, best = sweep(f"{label} tiles", [(t, 0, False, False) for t in tiles], sparse, run, want)
+        rows += r
+        r, best2 = sweep(f"{label} order/lists/scale", [(best[0], lm, jf, sp) for lm in (0, 1024)
+                                                         for jf in (False, True) for sp in (False, True)],
+                         sparse, run, want)
+        rows += r
+        chosen[label] = best2
+
+    def bsl(c, cfg):
+        return bst.forward_with(c["x"], c["bsr"], c["b"], cfg)
+
+    for (N, K), c in sparse.items():
+        bsr = c["wm"].to_sparse_bsr(BLOCK)
+        c["bsr"] = (bsr.crow_indices(), bsr.col_indices(), bsr.values(), N)
+    r, best_bsl = sweep("block-sparse tiles", tiles, sparse, bsl, fwd_want)
+    rows += r
+    chosen["block-sparse"] = best_bsl
+
+    # crossovers with the chosen tiles
+    for density in DENSITIES:
+        for (N, K) in SHAPES:
+            c = case(N, K, density, T, seed=1)
+            f_cfg, d_cfg = chosen["forward"], chosen["grad input"]
+            x, dy, w, b, mask, wm = c["x"], c["dy"], c["w"], c["b"], c["mask"], c["wm"]
+            expanded = mask.repeat_interleave(32, 0).repeat_interleave(32, 1)
+            providers = {
+                "forward: block-skipping": (lambda: fwd(c, f_cfg), fwd_want(c)),
+                "forward: dense path": (lambda: mlt.forward(x, w, mask, b, BLOCK, True), fwd_want(c)),
+                "forward: F.linear (unpruned)": (lambda: F.linear(x, w, b), None),
+                "forward: eager masked": (lambda: F.linear(x, w * expanded.to(w.dtype), b), fwd_want(c)),
+                "grad input: block-skipping": (lambda: dgrad(c, d_cfg), dgrad_want(c)),
+                "grad input: dense path": (lambda: mlt.grad_input(dy, w, mask, BLOCK, True), dgrad_want(c)),
+                "grad weight (no mask grad): kept tiles": (
+                    lambda: mlt.grad_weight(dy, x, w, mask, BLOCK, False, True, False)[0], None),
+                "grad weight (no mask grad): cuBLAS + epilogue": (
+                    lambda: mlt.grad_weight(dy, x, w, mask, BLOCK, False, True, True)[0], None),
+                "grad weight + mask grad: cuBLAS + epilogue": (
+                    lambda: mlt.grad_weight(dy, x, w, mask, BLOCK, True, True, True)[0], None),
+                "grad weight: torch.mm only": (lambda: torch.mm(dy.t(), x), None),
+            }
+            gw_want = (dy.float().t() @ x.float()) * expanded
+            for name, (fn, want) in providers.items():
+                out = fn()
+                if want is not None:
+                    check(out, want, f"{name} {N}x{K} d={density}")
+                elif name.startswith("grad weight (") or name.startswith("grad weight +"):
+                    check(out, gw_want, f"{name} {N}x{K} d={density}")
+                ms = graph_ms(fn)
+                rows.append({"step": "crossover", "config": name, "shape": f"{N}x{K}", "density": density,
+                             "ms": ms, "note": ""})
+            print(f"crossover d={density} {N}x{K}: " + " | ".join(
+                f"{r['config']} {r['ms'] * 1e3:.1f}" for r in rows[-len(providers):]), flush=True)
+    env = environment(torch.device(DEV))
+    for r in rows:
+        r.setdefault("density", 0.1)
+        r["us"] = None if r["ms"] is None else r["ms"] * 1e3
+    notes = (f"bfloat16, {T} tokens, 32x32 blocks; device time per call (CUDA-graph replays, see the script's "
+             "docstring). Chosen ((tokens per program, warps, stages), in-kernel list "
+             "limit, J_FIRST, SCALE_PRODUCT): " + "; ".join(f"{k}: {v}" for k, v in chosen.items()))
+    table = markdown_table(rows, [("step", "step", ""), ("config", "config", ""), ("shape", "shape", ""),
+                                  ("density", "density", "{:g}"), ("us", "us", "{:.1f}"), ("note", "note", "")])
+    for path in write_results("masked_linear_sweep", env, rows, table, output_dir(args), notes=notes):
+        print("wrote", path)
+    print(f"total {time.time() - start:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
