@@ -2,20 +2,24 @@
 dense paths: the evidence behind the constants of ``bermo/kernels/masked_linear_triton.py`` (``MM_TILES``,
 ``LIST_IN_KERNEL_MAX``, ``J_FIRST``, ``DENSE_FROM``) and ``block_sparse_linear_triton.py`` (``TILES``).
 
-    python benchmarks/masked_linear_sweep.py [--tokens 4096] [--out DIR]
+    python benchmarks/masked_linear_sweep.py [--tokens 4096] [--no-tiles] [--densities ...] [--out DIR]
 
 GPU only (bfloat16). Every time is the device time of one call replayed from a CUDA graph (``graph_ms``: 40
 calls captured in one graph, the median of 15 replays, divided by 40), so the host's launch cost is left out.
 Steps, each on BERT-base shapes (768x768, 3072x768 FFN in, 768x3072 FFN out), 32x32 blocks:
 
-1. the block-skipping forward at density 0.1 for (tokens per program, warps, stages), then the program order,
-   the in-kernel tile lists and where the mask value is applied, on the best of those (ranked by the
-   geometric mean over the shapes);
+1. the block-skipping forward at density 0.1 for (tokens per program, warps, stages), then the kept-tile lists
+   built by their own launch or inside the product, on the best of those (ranked by the geometric mean over
+   the shapes);
 2. the same for the input gradient (``transpose``);
 3. BlockSparseLinear's kernel at density 0.1 for (tokens per program, warps, stages);
 4. with the chosen tiles, densities 0.05 to 1.0: block-skipping forward and input gradient, the dense path
-   (``W * M`` then cuBLAS), dense ``F.linear`` and eager masked ``F.linear(x, W * M)``, and the weight gradient
-   without the mask gradient (kept tiles only, against cuBLAS + epilogue): where the paths cross.
+   (``W * M`` then cuBLAS), dense ``F.linear`` and eager masked ``F.linear(x, W * M)``, and the parts of the
+   weight gradient (cuBLAS product, epilogue, bias reduction): where the paths cross.
+
+The first recorded run (GPU_NOTES call 7) also timed two variants since removed from the kernel (the other
+program order, the mask value applied to the product instead of the weight tile: neither helped) and a
+kept-tiles-only Triton weight gradient (slower than cuBLAS + epilogue at every density down to 0.05).
 
 Each result is checked against the float32 product (max relative error under 1e-2) before it is timed.
 """
@@ -127,6 +131,9 @@ def sweep(label, configs, cases, run, want):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--no-tiles", action="store_true",
+                        help="skip steps 1-3: the crossovers with the modules' own tiles")
+    parser.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
     add_output_args(parser)
     args = parser.parse_args()
     if DEV == "cuda" and not torch.cuda.is_available():
@@ -135,7 +142,7 @@ def main():
     T = args.tokens
     start = time.time()
     rows = []
-    sparse = {s: case(*s, 0.1, T) for s in SHAPES}
+    sparse = {} if args.no_tiles else {s: case(*s, 0.1, T) for s in SHAPES}
 
     def fwd(c, cfg):
         return mlt.sparse_mm(c["x"], c["w"], c["mask"], c["b"], BLOCK, False, *cfg)
@@ -150,28 +157,30 @@ def main():
         return c["dy"].float() @ c["wm"].float()
 
     tiles = TILE_GRID
-    chosen = {}
+    chosen = {"forward": (mlt.MM_TILES["16bit"], None), "grad input": (mlt.MM_TILES["16bit"], None),
+              "block-sparse": (bst.BM, bst._warps(bst.BM, 32), bst.STAGES)}
     for label, run, want in (("forward", fwd, fwd_want), ("grad input", dgrad, dgrad_want)):
-        r, best = sweep(f"{label} tiles", [(t, 0, False, False) for t in tiles], sparse, run, want)
+        if args.no_tiles:
+            break
+        r, best = sweep(f"{label} tiles", [(t, False) for t in tiles], sparse, run, want)
         rows += r
-        r, best2 = sweep(f"{label} order/lists/scale", [(best[0], lm, jf, sp) for lm in (0, 1024)
-                                                         for jf in (False, True) for sp in (False, True)],
-                         sparse, run, want)
+        r, best2 = sweep(f"{label} lists", [(best[0], False), (best[0], True)], sparse, run, want)
         rows += r
         chosen[label] = best2
 
     def bsl(c, cfg):
         return bst.forward_with(c["x"], c["bsr"], c["b"], cfg)
 
-    for (N, K), c in sparse.items():
-        bsr = c["wm"].to_sparse_bsr(BLOCK)
-        c["bsr"] = (bsr.crow_indices(), bsr.col_indices(), bsr.values(), N)
-    r, best_bsl = sweep("block-sparse tiles", tiles, sparse, bsl, fwd_want)
-    rows += r
-    chosen["block-sparse"] = best_bsl
+    if not args.no_tiles:
+        for (N, K), c in sparse.items():
+            bsr = c["wm"].to_sparse_bsr(BLOCK)
+            c["bsr"] = (bsr.crow_indices(), bsr.col_indices(), bsr.values(), N)
+        r, best_bsl = sweep("block-sparse tiles", tiles, sparse, bsl, fwd_want)
+        rows += r
+        chosen["block-sparse"] = best_bsl
 
     # crossovers with the chosen tiles
-    for density in DENSITIES:
+    for density in args.densities:
         for (N, K) in SHAPES:
             c = case(N, K, density, T, seed=1)
             f_cfg, d_cfg = chosen["forward"], chosen["grad input"]
@@ -184,13 +193,14 @@ def main():
                 "forward: eager masked": (lambda: F.linear(x, w * expanded.to(w.dtype), b), fwd_want(c)),
                 "grad input: block-skipping": (lambda: dgrad(c, d_cfg), dgrad_want(c)),
                 "grad input: dense path": (lambda: mlt.grad_input(dy, w, mask, BLOCK, True), dgrad_want(c)),
-                "grad weight (no mask grad): kept tiles": (
-                    lambda: mlt.grad_weight(dy, x, w, mask, BLOCK, False, True, False)[0], None),
-                "grad weight (no mask grad): cuBLAS + epilogue": (
-                    lambda: mlt.grad_weight(dy, x, w, mask, BLOCK, False, True, True)[0], None),
-                "grad weight + mask grad: cuBLAS + epilogue": (
-                    lambda: mlt.grad_weight(dy, x, w, mask, BLOCK, True, True, True)[0], None),
+                "grad weight (no mask grad), no bias": (
+                    lambda: mlt.grad_weight(dy, x, w, mask, BLOCK, False, False)[0], None),
+                "grad weight + mask grad, no bias": (
+                    lambda: mlt.grad_weight(dy, x, w, mask, BLOCK, True, False)[0], None),
+                "grad weight + mask grad + bias": (
+                    lambda: mlt.grad_weight(dy, x, w, mask, BLOCK, True, True)[0], None),
                 "grad weight: torch.mm only": (lambda: torch.mm(dy.t(), x), None),
+                "bias grad: dy.sum(0)": (lambda: dy.sum(0, dtype=torch.float32), None),
             }
             gw_want = (dy.float().t() @ x.float()) * expanded
             for name, (fn, want) in providers.items():
@@ -209,8 +219,8 @@ def main():
         r.setdefault("density", 0.1)
         r["us"] = None if r["ms"] is None else r["ms"] * 1e3
     notes = (f"bfloat16, {T} tokens, 32x32 blocks; device time per call (CUDA-graph replays, see the script's "
-             "docstring). Chosen ((tokens per program, warps, stages), in-kernel list "
-             "limit, J_FIRST, SCALE_PRODUCT): " + "; ".join(f"{k}: {v}" for k, v in chosen.items()))
+             "docstring). Chosen ((tokens per program, warps, stages), kept-tile lists "
+             "built inside the product): " + "; ".join(f"{k}: {v}" for k, v in chosen.items()))
     table = markdown_table(rows, [("step", "step", ""), ("config", "config", ""), ("shape", "shape", ""),
                                   ("density", "density", "{:g}"), ("us", "us", "{:.1f}"), ("note", "note", "")])
     for path in write_results("masked_linear_sweep", env, rows, table, output_dir(args), notes=notes):

@@ -13,12 +13,11 @@ Two paths, chosen per call on the host (``uses_dense_path``) without looking at 
   of a (1, 1) or row mask is almost never all pruned, so skipping would save nothing there, and the vendor
   GEMM is 2-4x faster than a Triton tile loop at full density (``benchmarks/results/GPU_NOTES.md``).
 
-The weight gradient needs ``G = dY^T X`` at every weight when the mask needs a gradient (the straight-through
-score gradient reads G at pruned weights too): one cuBLAS / ATen product written into the weight gradient's
-buffer, then ``grad_epilogue_kernel`` in place: ``grad W = G * M`` and the block sums of ``G * W`` (float32,
-each sum owned by one program: deterministic, no atomics) at the block's granularity or finer (then folded by
-the host in a fixed order). Without the mask gradient, the block-skipping path computes G on the kept tiles
-only (``kept_grad_weight_kernel``, the bias gradient summed in the same pass).
+The weight gradient: ``G = dY^T X`` by one cuBLAS / ATen product written into the weight gradient's buffer (the
+straight-through score gradient reads G at pruned weights too), then ``grad_epilogue_kernel`` in place:
+``grad W = G * M`` and the block sums of ``G * W`` (float32, each sum owned by one program: deterministic, no
+atomics) at the block's granularity or finer (then folded by the host in a fixed order). Without the mask
+gradient G is still dense: a kept-tiles-only Triton product measured slower at every density (``grad_weight``).
 
 Accumulation is float32 (``tl.dot(a, b, acc)`` with ``ieee`` precision for float32 inputs, as PyTorch's
 default float32 matmul; cuBLAS likewise); float16 / bfloat16 operands go to the tensor cores. Every call is
@@ -75,24 +74,18 @@ def kept_tiles_kernel(mask_ptr, lists_ptr, n_rows, n_t_tiles, tile, block_j, blo
 def masked_mm_kernel(a_ptr, w_ptr, mask_ptr, bias_ptr, c_ptr, lists_ptr,
                      M, J, T, K, mask_cols, block_t, block_j, n_t_tiles, n_j_tiles,
                      TRANS: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
-                     LIST_IN_KERNEL: tl.constexpr, CHUNK: tl.constexpr, J_FIRST: tl.constexpr,
-                     SCALE_PRODUCT: tl.constexpr, BM: tl.constexpr, BJ: tl.constexpr, BT: tl.constexpr):
+                     LIST_IN_KERNEL: tl.constexpr, CHUNK: tl.constexpr, BM: tl.constexpr, BJ: tl.constexpr,
+                     BT: tl.constexpr):
     """``C[m, j] = sum_t A[m, t] * B[t, j]`` with ``B = (W * M)^T`` (forward: j over W's rows) or, when
     ``TRANS``, ``B = W * M`` (input gradient: j over W's columns), over the kept t-tiles of the program's tile
     column only. ``A`` is (M, T) and ``C`` (M, J), both contiguous; ``W`` is contiguous with ``K`` columns,
     ``mask`` has ``mask_cols`` columns. Every tile lies inside one mask block (the tile sides divide the block
     sides, so J and T are multiples of them). The kept t-tiles come from ``lists`` (``kept_tiles``) or, with
     ``LIST_IN_KERNEL``, from the program's own pass over its mask row (``CHUNK`` >= n_t_tiles values, a prefix
-    sum, the i-th kept tile picked by a masked sum: no second launch). ``J_FIRST``: consecutive programs walk
-    the tile columns of one token tile (else the token tiles of one tile column). ``SCALE_PRODUCT``: the mask
-    value scales each tile's product (float32) rather than the weight tile (which then goes from registers to
-    the tensor cores)."""
-    if J_FIRST:
-        pid_j = tl.program_id(0)
-        pid_m = tl.program_id(1)
-    else:
-        pid_m = tl.program_id(0)
-        pid_j = tl.program_id(1)
+    sum, the i-th kept tile picked by a masked sum: no second launch). Consecutive programs walk the token
+    tiles of one tile column."""
+    pid_m = tl.program_id(0)
+    pid_j = tl.program_id(1)
     dtype = c_ptr.dtype.element_ty
     rm = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
     rj = pid_j.to(tl.int64) * BJ + tl.arange(0, BJ)
@@ -127,49 +120,11 @@ def masked_mm_kernel(a_ptr, w_ptr, mask_ptr, bias_ptr, c_ptr, lists_ptr,
             b = tl.load(w_ptr + rt[:, None] * K + rj[None, :])
         else:      # B[t, j] = W[j, t]
             b = tl.load(w_ptr + rj[None, :] * K + rt[:, None])
-        if SCALE_PRODUCT:
-            acc += _dot(a, b, tl.zeros([BM, BJ], dtype=tl.float32), IEEE, DOT_F32) * scale
-        else:
-            b = (b.to(tl.float32) * scale).to(b.dtype)
-            acc = _dot(a, b, acc, IEEE, DOT_F32)
+        b = (b.to(tl.float32) * scale).to(b.dtype)
+        acc = _dot(a, b, acc, IEEE, DOT_F32)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rj).to(tl.float32)[None, :]
     tl.store(c_ptr + rm[:, None] * J + rj[None, :], acc.to(dtype), mask=m_ok[:, None])
-
-
-@triton.jit
-def kept_grad_weight_kernel(dy_ptr, x_ptr, mask_ptr, gw_ptr, gb_ptr, M, N, K, block_n, block_k, bias_grad,
-                            IEEE: tl.constexpr, DOT_F32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                            BK: tl.constexpr):
-    """Tile (program_id(0), program_id(1)) of ``grad W = (dY^T X) * M`` when the mask needs no gradient: a tile
-    whose mask block is zero does no product and writes zeros. Every tile lies inside one mask block.
-    ``bias_grad`` (runtime): the programs of tile column 0 also write ``gb = sum of dY over the tokens``."""
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    rn = pid_n.to(tl.int64) * BN + tl.arange(0, BN)
-    rk = pid_k.to(tl.int64) * BK + tl.arange(0, BK)
-    gw_dtype = gw_ptr.dtype.element_ty
-    do_bias = (pid_k == 0) & (bias_grad != 0)
-    m = tl.load(mask_ptr + ((pid_n * BN) // block_n) * (K // block_k) + (pid_k * BK) // block_k)
-    acc = tl.zeros([BN, BK], dtype=tl.float32)
-    gb = tl.zeros([BN], dtype=tl.float32)
-    if m != 0:
-        for m0 in range(0, M, BM):
-            rm = m0 + tl.arange(0, BM)
-            m_ok = rm < M
-            dyt = tl.load(dy_ptr + rm[None, :].to(tl.int64) * N + rn[:, None], mask=m_ok[None, :], other=0.0)
-            x = tl.load(x_ptr + rm[:, None].to(tl.int64) * K + rk[None, :], mask=m_ok[:, None], other=0.0)
-            acc = _dot(dyt, x, acc, IEEE, DOT_F32)
-            if do_bias:
-                gb += tl.sum(dyt.to(tl.float32), axis=1)
-    elif do_bias:
-        for m0 in range(0, M, BM):
-            rm = m0 + tl.arange(0, BM)
-            dyt = tl.load(dy_ptr + rm[None, :].to(tl.int64) * N + rn[:, None], mask=(rm < M)[None, :], other=0.0)
-            gb += tl.sum(dyt.to(tl.float32), axis=1)
-    tl.store(gw_ptr + rn[:, None] * K + rk[None, :], (acc * m).to(gw_dtype))
-    if do_bias:
-        tl.store(gb_ptr + rn, gb.to(gb_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -215,19 +170,25 @@ def grad_epilogue_kernel(g_ptr, w_ptr, mask_ptr, partial_ptr, N, K, block_n, blo
 # ----------------------------------------------------------------------------------------------------------
 # Tiles and the choice of path
 # ----------------------------------------------------------------------------------------------------------
+# Measured on an H100 (bfloat16, 4096 tokens, BERT-base shapes, 32x32 blocks at density 0.1; the table is
+# benchmarks/results/masked_linear_sweep_*.md): 128 tokens, 4 warps, 2 stages is the best of 64/128/256 x 4/8 x
+# 2/3/4 for both products (8 warps: 20-40% slower); a program listing its own kept tiles saves the list launch
+# (forward 1-2 us, 8-20%); the other program order and scaling the product instead of the weight tile did not
+# help. The products are bound by the L2 traffic of the x tiles each kept block re-reads (about 60 MB per FFN
+# layer at density 0.1), not by HBM.
 SIDE_CHOICES = (64, 32, 16)   # tile sides of the block-skipping products, largest first
 MM_TILES = {                   # (tokens per program, warps, pipeline stages) of the block-skipping products
-    "16bit": (128, 4, 3),
-    "float32": (32, 4, 3),     # an ``ieee`` product from registers: 128 x 64 float32 operands overflow them
+    "16bit": (128, 4, 2),
+    "float32": (32, 4, 2),     # an ``ieee`` product from registers: 128 x 64 float32 operands overflow them
 }
-LIST_IN_KERNEL_MAX = 0         # the most t-tiles a program lists itself (0: always the kept_tiles launch)
-J_FIRST = False                # program order of the products (see masked_mm_kernel)
-SCALE_PRODUCT = False          # where the mask value is applied (see masked_mm_kernel)
-KEPT_GW_BM = {"16bit": 128, "float32": 32}  # tokens per step of the kept-only weight gradient
+LIST_CHUNKS = (64, 256, 1024)  # a program lists its own kept t-tiles up to this many (more: the kept_tiles launch)
 EPILOGUE_TILE = 64             # (out, in) tile of the masked-weight and weight-gradient epilogue passes
 GRANULES = (1, 16, 32, 64)     # block-sum granularities the epilogue is built for
 LIST_CHUNK = 256               # t-tiles per step of kept_tiles_kernel
-DENSE_FROM = 0.5               # expected kept fraction from which block-aligned masks take the dense path
+# From this expected kept fraction on, block-aligned masks take the dense path: where forward + input gradient
+# of the block-skipping kernels stop beating W * M + cuBLAS (0.2 to 0.3 for the forward, 0.1 to 0.2 for the
+# input gradient of the FFN shapes; the attention shape crosses later).
+DENSE_FROM = 0.2
 
 
 def sparse_tile(block_shape: Tuple[int, int]) -> Optional[int]:
@@ -317,18 +278,17 @@ def tile_lists(lists: torch.Tensor, n_rows: int, n_t: int):
 # ----------------------------------------------------------------------------------------------------------
 # Launchers (validated by bermo.ops.masked_linear): 2-D contiguous x / dy, contiguous weight, mask in float32
 # ----------------------------------------------------------------------------------------------------------
-def _list_chunk(n_t: int) -> int:
-    """The CHUNK of a program that lists its own kept t-tiles, or 0 to use the kept_tiles launch."""
-    return max(16, triton.next_power_of_2(n_t)) if n_t <= LIST_IN_KERNEL_MAX else 0
+def list_chunk(n_t: int) -> int:
+    """The CHUNK of a program that lists its own ``n_t`` kept t-tiles, or 0 to use the kept_tiles launch."""
+    return next((c for c in LIST_CHUNKS if n_t <= c), 0)
 
 
 def sparse_mm(a: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: Optional[torch.Tensor],
               block_shape: Tuple[int, int], transpose: bool, tiles: Optional[Tuple[int, int, int]] = None,
-              list_in_kernel_max: Optional[int] = None, j_first: Optional[bool] = None,
-              scale_product: Optional[bool] = None) -> torch.Tensor:
+              list_in_kernel: Optional[bool] = None) -> torch.Tensor:
     """``a @ (W * M).T + bias`` (forward) or, with ``transpose``, ``a @ (W * M)`` (input gradient), on the kept
-    tiles only. ``tiles`` / ``list_in_kernel_max`` / ``j_first`` / ``scale_product`` override the module's
-    choices (tile sweeps)."""
+    tiles only. ``tiles`` (tokens per program, warps, stages) and ``list_in_kernel`` override the module's
+    choices (tile sweeps, tests)."""
     _check(a)
     N, K = weight.shape
     bo, bi = block_shape
@@ -343,16 +303,14 @@ def sparse_mm(a: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: O
         return c
     n_j, n_t = J // side, T // side
     bm, warps, stages = tiles or MM_TILES[_bits(a.dtype)]
-    limit = LIST_IN_KERNEL_MAX if list_in_kernel_max is None else list_in_kernel_max
-    chunk = max(16, triton.next_power_of_2(n_t)) if n_t <= limit else 0
+    chunk = list_chunk(n_t) if list_in_kernel is not False else 0
     lists = _placeholder(a.device, torch.int32) if chunk else kept_tiles(mask, block_shape, side, (N, K), transpose)
-    j_first = J_FIRST if j_first is None else j_first
-    grid = (n_j, triton.cdiv(M, bm)) if j_first else (triton.cdiv(M, bm), n_j)
+    grid = (triton.cdiv(M, bm), n_j)
     masked_mm_kernel[grid](a, weight, mask, bias if bias is not None else c, c, lists,
                            M, J, T, K, mask.shape[1], block_t, block_j, n_t, n_j, TRANS=transpose,
                            HAS_BIAS=bias is not None, IEEE=a.dtype == torch.float32, DOT_F32=_dot_f32(a),
-                           LIST_IN_KERNEL=chunk > 0, CHUNK=max(chunk, 16), J_FIRST=j_first,
-                           SCALE_PRODUCT=SCALE_PRODUCT if scale_product is None else scale_product, BM=bm, BJ=side, BT=side, num_warps=warps, num_stages=stages)
+                           LIST_IN_KERNEL=chunk > 0, CHUNK=max(chunk, LIST_CHUNKS[0]), BM=bm, BJ=side, BT=side,
+                           num_warps=warps, num_stages=stages)
     return c
 
 
@@ -385,31 +343,19 @@ def grad_input(dy2d: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, blo
 
 
 def grad_weight(dy2d: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
-                block_shape: Tuple[int, int], need_mask_grad: bool, need_bias_grad: bool, dense: bool):
-    """``(grad weight, grad mask or None, grad bias or None)``.
+                block_shape: Tuple[int, int], need_mask_grad: bool, need_bias_grad: bool):
+    """``(grad weight, grad mask or None, grad bias or None)``: ``G = dY^T X`` by one cuBLAS / ATen product
+    written into the weight gradient's buffer, then one epilogue pass over it, in place: ``G * M`` and (with
+    ``need_mask_grad``) the block sums of ``G * W``; no weight-sized temporary besides the gradient itself. The
+    bias gradient is one reduction of dY.
 
-    With the mask gradient, or on the dense path: ``G = dY^T X`` by one cuBLAS / ATen product written straight
-    into the weight gradient's buffer, then one epilogue pass over it, in place: ``G * M`` and the block sums
-    of ``G * W`` (no weight-sized temporary besides the gradient itself); the bias gradient is one reduction
-    of dY. Without it, on the block-skipping path: one launch that computes ``G`` on the kept tiles only and
-    sums the bias gradient in the same pass."""
+    G is dense even without the mask gradient: a Triton product over the kept tiles only measured slower than
+    the whole cuBLAS product plus this epilogue at every density down to 0.05 on an H100 (it re-reads dY's and
+    X's columns from L2 for every kept block, and 5-10% of the blocks leave most multiprocessors idle; the
+    sweep's ``kept tiles`` rows), so the GPU path has none; the C++ CPU path keeps its kept-blocks product."""
     _check(x2d)
     N, K = weight.shape
     bo, bi = block_shape
-    M = x2d.shape[0]
-    if not (need_mask_grad or dense):
-        side = sparse_tile(block_shape)
-        gw = torch.empty_like(weight)
-        gb = torch.empty(N, dtype=dy2d.dtype, device=dy2d.device) if need_bias_grad else None
-        if N and K:
-            grid = (N // side, K // side)
-            kept_grad_weight_kernel[grid](dy2d, x2d, mask, gw, gb if gb is not None else gw, M, N, K, bo, bi,
-                                          int(need_bias_grad), IEEE=x2d.dtype == torch.float32,
-                                          DOT_F32=_dot_f32(x2d), BM=KEPT_GW_BM[_bits(x2d.dtype)], BN=side, BK=side,
-                                          num_warps=_warps(side, side))
-        elif gb is not None:
-            gb.zero_()
-        return gw, None, gb
     gw = torch.mm(dy2d.t(), x2d)
     gbn, gbk = granularity(block_shape)
     partial = torch.empty((N // gbn, K // gbk), dtype=torch.float32, device=weight.device) if need_mask_grad \
@@ -437,12 +383,6 @@ def _epilogue_granularities():
     return [(1, 1)] + [(g, g) for g in gs] + [(1, g) for g in gs] + [(g, 1) for g in gs]
 
 
-def _list_chunks():
-    if not LIST_IN_KERNEL_MAX:
-        return [0]
-    return [0] + [1 << p for p in range(4, triton.next_power_of_2(LIST_IN_KERNEL_MAX).bit_length())]
-
-
 def compile_configurations():
     """Yield ``(label, kernel, signature, constexprs, attrs_div16_arg_names, num_warps, num_stages)``."""
     sig = {"mask_ptr": "*fp32", "lists_ptr": "*i32", "n_rows": "i32", "n_t_tiles": "i32", "tile": "i32",
@@ -455,29 +395,18 @@ def compile_configurations():
         for side in SIDE_CHOICES:
             for trans in (False, True):
                 for has_bias in ((True, False) if not trans else (False,)):
-                    for chunk in _list_chunks():
+                    for chunk in (0,) + LIST_CHUNKS:
                         sig = {"a_ptr": f"*{t}", "w_ptr": f"*{t}", "mask_ptr": "*fp32", "bias_ptr": f"*{t}",
                                "c_ptr": f"*{t}", "lists_ptr": "*i32", "M": "i32", "J": "i32", "T": "i32",
                                "K": "i32", "mask_cols": "i32", "block_t": "i32", "block_j": "i32",
                                "n_t_tiles": "i32", "n_j_tiles": "i32", "TRANS": "constexpr",
                                "HAS_BIAS": "constexpr", "IEEE": "constexpr", "DOT_F32": "constexpr",
-                               "LIST_IN_KERNEL": "constexpr", "CHUNK": "constexpr", "J_FIRST": "constexpr",
-                               "SCALE_PRODUCT": "constexpr", "BM": "constexpr", "BJ": "constexpr", "BT": "constexpr"}
+                               "LIST_IN_KERNEL": "constexpr", "CHUNK": "constexpr", "BM": "constexpr", "BJ": "constexpr", "BT": "constexpr"}
                         yield (f"masked_mm {t} BM={bm} side={side} trans={trans} bias={has_bias} "
                                f"list_chunk={chunk}", masked_mm_kernel, sig,
                                {"TRANS": trans, "HAS_BIAS": has_bias, "IEEE": ieee, "DOT_F32": False,
-                                "LIST_IN_KERNEL": chunk > 0, "CHUNK": max(chunk, 16), "J_FIRST": J_FIRST,
-                                "SCALE_PRODUCT": SCALE_PRODUCT, "BM": bm, "BJ": side, "BT": side},
+                                "LIST_IN_KERNEL": chunk > 0, "CHUNK": max(chunk, LIST_CHUNKS[0]), "BM": bm, "BJ": side, "BT": side},
                                ["J", "T", "K"], warps, stages)
-        gw_sig = {"dy_ptr": f"*{t}", "x_ptr": f"*{t}", "mask_ptr": "*fp32", "gw_ptr": f"*{t}", "gb_ptr": f"*{t}",
-                  "M": "i32", "N": "i32", "K": "i32", "block_n": "i32", "block_k": "i32", "bias_grad": "i32",
-                  "IEEE": "constexpr", "DOT_F32": "constexpr", "BM": "constexpr", "BN": "constexpr",
-                  "BK": "constexpr"}
-        for side in SIDE_CHOICES:
-            bm = KEPT_GW_BM[_bits(dtype)]
-            yield (f"kept_grad_weight {t} tile={side} BM={bm}", kept_grad_weight_kernel, gw_sig,
-                   {"IEEE": ieee, "DOT_F32": False, "BM": bm, "BN": side, "BK": side}, ["N", "K"],
-                   _warps(side, side), 3)
         tile = EPILOGUE_TILE
         mw_sig = {"w_ptr": f"*{t}", "mask_ptr": "*fp32", "out_ptr": f"*{t}", "N": "i32", "K": "i32",
                   "block_n": "i32", "block_k": "i32", "mask_cols": "i32", "BN": "constexpr", "BK": "constexpr"}

@@ -99,28 +99,30 @@ def test_path_choice():
             ml.masked_linear(x, w, m, None, (32, 32), backend="reference", density=bad)
 
 
-@pytest.mark.parametrize("list_in_kernel", [0, 1024], ids=["list-launch", "list-in-kernel"])
-@pytest.mark.parametrize("scale_product", [False, True], ids=["scale-weight", "scale-product"])
+@pytest.mark.parametrize("list_in_kernel", [False, True], ids=["list-launch", "list-in-kernel"])
 @pytest.mark.parametrize("transpose", [False, True], ids=["forward", "grad-input"])
-def test_sparse_product_variants(list_in_kernel, scale_product, transpose):
-    """Every variant the tile sweep times (tile lists launched or built in the program, the mask value on the
-    weight tile or on the product, both program orders) against float64, with a continuous mask."""
+@pytest.mark.parametrize("N,K", [(96, 128), (64, 2112)], ids=["small", "past-a-list-chunk"])
+def test_sparse_product_lists(list_in_kernel, transpose, N, K):
+    """Both ways to list the kept tiles (their own launch; inside the product, with a list chunk the row just
+    fits or overflows into the next one) against float64, with a continuous mask and an empty block row."""
     tri = _tri()
-    N, K, T = 96, 128, 70
+    T = 70
     x, w, b, mask, dy = _case(T, N, K, (32, 32), 0.5, torch.float32, seed=21 + transpose, mask_kind="float")
     mask[1] = 0  # an empty row of blocks
     wm = w.double() * torch.kron(mask.double(), torch.ones(32, 32, dtype=torch.float64))
-    for j_first in (False, True):
-        if transpose:
-            got = tri.sparse_mm(dy.to(DEV), w.to(DEV), mask.to(DEV), None, (32, 32), True, None, list_in_kernel,
-                                j_first, scale_product)
-            want = dy.double() @ wm
-        else:
-            got = tri.sparse_mm(x.to(DEV), w.to(DEV), mask.to(DEV), b.to(DEV), (32, 32), False, None,
-                                list_in_kernel, j_first, scale_product)
-            want = x.double() @ wm.T + b.double()
-        err = (got.cpu().double() - want).abs().max().item()
-        assert err <= 2e-5 * want.abs().max().item(), (j_first, err)
+    if transpose:
+        got = tri.sparse_mm(dy.to(DEV), w.to(DEV), mask.to(DEV), None, (32, 32), True, None, list_in_kernel)
+        want = dy.double() @ wm
+    else:
+        got = tri.sparse_mm(x.to(DEV), w.to(DEV), mask.to(DEV), b.to(DEV), (32, 32), False, None, list_in_kernel)
+        want = x.double() @ wm.T + b.double()
+    err = (got.cpu().double() - want).abs().max().item()
+    assert err <= 2e-5 * want.abs().max().item(), err
+
+
+def test_list_chunks():
+    tri = _tri()
+    assert [tri.list_chunk(n) for n in (1, 24, 64, 65, 96, 256, 1024, 1025)] == [64, 64, 64, 256, 256, 256, 1024, 0]
 
 
 @pytest.mark.parametrize("density_hint", [None, 1.0], ids=["hint-none", "hint-dense"])
@@ -152,7 +154,8 @@ def test_dense_path_for_block_masks(dtype, mask_grad):
 
 @pytest.mark.parametrize("block", [(32, 32), (16, 16), (1, 1)], ids=str)
 def test_bias_gradient_with_a_pruned_first_tile_column(block):
-    """Without the mask gradient, pruned tiles skip the product; the programs of tile column 0 still sum dY."""
+    """Without the mask gradient, with the first columns of blocks pruned: grad W zero there, the bias gradient
+    still the sum of dY."""
     dtype = torch.float32
     x, w, b, mask, dy = _case(50, 96, 128, block, 0.6, dtype, seed=11, zero_first_col=True)
     got = _run(x, w, b, mask, block, dy, mask_grad=False)

@@ -128,20 +128,20 @@ def _grad_input_fake(dy2d, weight, mask, block_shape, dense, backend):
 
 
 def _grad_weight(dy2d: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
-                 block_shape: List[int], need_mask_grad: bool, need_bias_grad: bool, dense: bool,
+                 block_shape: List[int], need_mask_grad: bool, need_bias_grad: bool,
                  backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad weight, grad mask, grad bias); the latter two empty tensors when not asked for (custom ops return
     tensors, not None). The Triton launcher also returns the bias gradient."""
     if backend == "triton":
         gw, gm, gb = _launchers(backend).grad_weight(dy2d, x2d, weight, mask, tuple(block_shape), need_mask_grad,
-                                                     need_bias_grad, dense)
+                                                     need_bias_grad)
     else:
         gw, gm = _launchers(backend).grad_weight(dy2d, x2d, weight, mask, tuple(block_shape), need_mask_grad)
         gb = _bias_grad(dy2d) if need_bias_grad else None
     return gw, (mask.new_empty(0) if gm is None else gm), (dy2d.new_empty(0) if gb is None else gb)
 
 
-def _grad_weight_fake(dy2d, x2d, weight, mask, block_shape, need_mask_grad, need_bias_grad, dense, backend):
+def _grad_weight_fake(dy2d, x2d, weight, mask, block_shape, need_mask_grad, need_bias_grad, backend):
     return (weight.new_empty(weight.shape), mask.new_empty(mask.shape if need_mask_grad else (0,)),
             dy2d.new_empty((weight.shape[0],) if need_bias_grad else (0,)))
 
@@ -196,7 +196,7 @@ class MaskedLinearFunction(torch.autograd.Function):
         need_b = bool(need_b and ctx.has_bias)
         if need_w or need_m:
             gw, gm, gb = _ops().grad_weight(dy2d, x2d, w, kmask, list(ctx.block_shape), bool(need_m), need_b,
-                                            ctx.dense, ctx.backend)
+                                            ctx.backend)
             grad_w = gw if need_w else None
             grad_m = gm.to(ctx.mask_dtype) if need_m else None
             grad_b = gb if need_b else None
