@@ -5,7 +5,8 @@ against dense ``nn.Linear`` and ``torch.sparse`` BSR, with the memory-traffic fl
 
 ``benchmarks/pruned_throughput.py`` times the layers as a user calls them; on a GPU whose host is slow, that
 measures the launches. This script adds the ``graph`` timing (each provider's call captured once in a CUDA
-graph, the replays timed: the device work alone, as ``torch.compile(mode="reduce-overhead")`` runs it) next to
+graph ``GRAPH_CALLS`` times, the replays timed and divided among the calls: the device work alone, as
+``torch.compile(mode="reduce-overhead")`` runs it) next to
 the ``call`` timing, for the issue's target: at density 0.1 with 32x32 blocks, at least 2x dense per FFN layer
 and faster than torch.sparse BSR (bfloat16, 4096 tokens, inference).
 
@@ -25,8 +26,8 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (add_output_args, copy_bandwidth_gbs, environment, markdown_table, output_dir,  # noqa: E402
-                    time_interleaved, write_results)
+from common import (GRAPH_CALLS, add_output_args, copy_bandwidth_gbs, environment, markdown_table,  # noqa: E402
+                    output_dir, per_call, time_interleaved, write_results)
 
 from bermo.nn import BlockSparseLinear  # noqa: E402
 
@@ -34,7 +35,7 @@ SHAPES = [(768, 768), (3072, 768), (768, 3072)]  # (out, in)
 
 
 def capture(fn):
-    """A CUDA graph of ``fn()`` (warmed up on a side stream) and its static output."""
+    """A CUDA graph of ``GRAPH_CALLS`` calls of ``fn()`` (warmed up on a side stream) and its last output."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -43,7 +44,8 @@ def capture(fn):
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = fn()
+        for _ in range(GRAPH_CALLS):
+            out = fn()
     graph.replay()
     torch.cuda.synchronize()
     return graph, out
@@ -90,6 +92,7 @@ def layer_rows(N, K, block, density, T, dtype, device, reps, copy_gbs):
             cases[(name, "graph")] = (graph.replay, None)
         timings = time_interleaved({f"{p} ({t})": c for (p, t), c in cases.items()}, device, reps=reps,
                                    desc=f"{N}x{K} {block} {density}")
+        timings = {k: per_call(v) if k.endswith("(graph)") else v for k, v in timings.items()}
     kept = mask.float().mean().item()
     esize = x.element_size()
     floor_bytes = (T * K + T * N + kept * N * K + N) * esize

@@ -161,6 +161,14 @@ def time_fn(fn: Callable[[], object], device: torch.device, reps: int = 30, warm
     return time_interleaved({"fn": (fn, setup)}, device, reps, warmup)["fn"]
 
 
+GRAPH_CALLS = 20  # calls captured in one CUDA graph: a replay's own launch cost (~5 us) spread over them
+
+
+def per_call(timing: Dict[str, float], calls: int = GRAPH_CALLS) -> Dict[str, float]:
+    """A graph replay's timing (``median_ms``, ``p20_ms``, ``p80_ms``) divided among the calls it holds."""
+    return {k: v / calls for k, v in timing.items()}
+
+
 def copy_bandwidth_gbs(device: torch.device, nbytes: int = None) -> float:
     """Measured device copy bandwidth (bytes read + bytes written per second) for a large ``copy_``."""
     nbytes = nbytes or (1 << 30 if device.type == "cuda" else 1 << 28)
