@@ -140,31 +140,46 @@ def masked_weight_kernel(w_ptr, mask_ptr, out_ptr, N, K, block_n, block_k, mask_
 
 
 @triton.jit
-def grad_epilogue_kernel(g_ptr, w_ptr, mask_ptr, partial_ptr, N, K, block_n, block_k, mask_cols, partial_cols,
-                         NEED_MASK_GRAD: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GBN: tl.constexpr,
-                         GBK: tl.constexpr):
-    """In place over ``G = dY^T X`` (N, K), one (BN, BK) tile per program: ``G <- G * expand(M)`` (the weight
-    gradient) and, with ``NEED_MASK_GRAD``, the (GBN, GBK)-block sums of ``G * W`` (float32) into ``partial``
-    (``partial_cols`` columns): the mask gradient at the granularity of the block or finer (then folded by the
-    host in a fixed order). Deterministic: every sum has one owner."""
+def grad_epilogue_kernel(g_ptr, w_ptr, mask_ptr, partial_ptr, dy_ptr, bias_partial_ptr, N, K, M, block_n, block_k,
+                         mask_cols, partial_cols, k_tiles, chunk_rows,
+                         NEED_MASK_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                         GBN: tl.constexpr, GBK: tl.constexpr):
+    """In place over ``G = dY^T X`` (N, K), one (BN, BK) tile per program ``(n, k)`` with ``k < k_tiles``:
+    ``G <- G * expand(M)`` (the weight gradient) and, with ``NEED_MASK_GRAD``, the (GBN, GBK)-block sums of
+    ``G * W`` (float32) into ``partial`` (``partial_cols`` columns): the mask gradient at the granularity of the
+    block or finer (then folded by the host in a fixed order). With ``BIAS_GRAD`` the programs ``(n, k_tiles +
+    c)`` sum dY (M, N) over the rows of chunk ``c`` (``chunk_rows`` each) for their BN columns into
+    ``bias_partial[c]``: the bias gradient in the same launch (the host adds the chunks up). Deterministic:
+    every sum has one owner and a fixed order."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rn = pid_n.to(tl.int64) * BN + tl.arange(0, BN)
-    rk = pid_k.to(tl.int64) * BK + tl.arange(0, BK)
-    ok = (rn < N)[:, None] & (rk < K)[None, :]
-    g = tl.load(g_ptr + rn[:, None] * K + rk[None, :], mask=ok, other=0.0)
-    m = tl.load(mask_ptr + (rn // block_n)[:, None] * mask_cols + (rk // block_k)[None, :], mask=ok, other=0.0)
-    gf = g.to(tl.float32)
-    tl.store(g_ptr + rn[:, None] * K + rk[None, :], (gf * m).to(g.dtype), mask=ok)
-    if NEED_MASK_GRAD:
-        w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=ok, other=0.0).to(tl.float32)
-        p = gf * w
-        if GBN > 1 or GBK > 1:
-            p = tl.sum(tl.sum(tl.reshape(p, (BN // GBN, GBN, BK // GBK, GBK)), axis=3), axis=1)
-        pr = pid_n.to(tl.int64) * (BN // GBN) + tl.arange(0, BN // GBN)
-        pc = pid_k.to(tl.int64) * (BK // GBK) + tl.arange(0, BK // GBK)
-        tl.store(partial_ptr + pr[:, None] * partial_cols + pc[None, :], p,
-                 mask=(pr < N // GBN)[:, None] & (pc < K // GBK)[None, :])
+    if BIAS_GRAD and pid_k >= k_tiles:
+        chunk = pid_k - k_tiles
+        n_ok = rn < N
+        acc = tl.zeros([BN], dtype=tl.float32)
+        r0 = chunk.to(tl.int64) * chunk_rows
+        for r in range(0, chunk_rows, BK):
+            rm = r0 + r + tl.arange(0, BK)
+            d = tl.load(dy_ptr + rm[:, None] * N + rn[None, :], mask=(rm < M)[:, None] & n_ok[None, :], other=0.0)
+            acc += tl.sum(d.to(tl.float32), axis=0)
+        tl.store(bias_partial_ptr + chunk.to(tl.int64) * N + rn, acc, mask=n_ok)
+    else:
+        rk = pid_k.to(tl.int64) * BK + tl.arange(0, BK)
+        ok = (rn < N)[:, None] & (rk < K)[None, :]
+        g = tl.load(g_ptr + rn[:, None] * K + rk[None, :], mask=ok, other=0.0)
+        m = tl.load(mask_ptr + (rn // block_n)[:, None] * mask_cols + (rk // block_k)[None, :], mask=ok, other=0.0)
+        gf = g.to(tl.float32)
+        tl.store(g_ptr + rn[:, None] * K + rk[None, :], (gf * m).to(g.dtype), mask=ok)
+        if NEED_MASK_GRAD:
+            w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=ok, other=0.0).to(tl.float32)
+            p = gf * w
+            if GBN > 1 or GBK > 1:
+                p = tl.sum(tl.sum(tl.reshape(p, (BN // GBN, GBN, BK // GBK, GBK)), axis=3), axis=1)
+            pr = pid_n.to(tl.int64) * (BN // GBN) + tl.arange(0, BN // GBN)
+            pc = pid_k.to(tl.int64) * (BK // GBK) + tl.arange(0, BK // GBK)
+            tl.store(partial_ptr + pr[:, None] * partial_cols + pc[None, :], p,
+                     mask=(pr < N // GBN)[:, None] & (pc < K // GBK)[None, :])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -184,6 +199,7 @@ MM_TILES = {                   # (tokens per program, warps, pipeline stages) of
 LIST_CHUNKS = (64, 256, 1024)  # a program lists its own kept t-tiles up to this many (more: the kept_tiles launch)
 EPILOGUE_TILE = 64             # (out, in) tile of the masked-weight and weight-gradient epilogue passes
 GRANULES = (1, 16, 32, 64)     # block-sum granularities the epilogue is built for
+BIAS_CHUNKS = 16               # row chunks of the bias gradient's column sums in the epilogue launch
 LIST_CHUNK = 256               # t-tiles per step of kept_tiles_kernel
 # From this expected kept fraction on, block-aligned masks take the dense path: where forward + input gradient
 # of the block-skipping kernels stop beating W * M + cuBLAS (0.2 to 0.3 for the forward, 0.1 to 0.2 for the
@@ -347,7 +363,8 @@ def grad_weight(dy2d: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, mas
     """``(grad weight, grad mask or None, grad bias or None)``: ``G = dY^T X`` by one cuBLAS / ATen product
     written into the weight gradient's buffer, then one epilogue pass over it, in place: ``G * M`` and (with
     ``need_mask_grad``) the block sums of ``G * W``; no weight-sized temporary besides the gradient itself. The
-    bias gradient is one reduction of dY.
+    bias gradient's column sums of dY run in the same launch (``BIAS_CHUNKS`` row chunks, added up by the host):
+    a separate reduction (``dy.sum(0)``) cost 11-16 us per FFN layer on an H100, more than the epilogue.
 
     G is dense even without the mask gradient: a Triton product over the kept tiles only measured slower than
     the whole cuBLAS product plus this epilogue at every density down to 0.05 on an H100 (it re-reads dY's and
@@ -360,17 +377,26 @@ def grad_weight(dy2d: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, mas
     gbn, gbk = granularity(block_shape)
     partial = torch.empty((N // gbn, K // gbk), dtype=torch.float32, device=weight.device) if need_mask_grad \
         else _placeholder(weight.device, torch.float32)
-    if N and K:
-        t = EPILOGUE_TILE
-        grad_epilogue_kernel[(triton.cdiv(N, t), triton.cdiv(K, t))](
-            gw, weight, mask, partial, N, K, bo, bi, mask.shape[1], K // gbk, NEED_MASK_GRAD=need_mask_grad,
-            BN=t, BK=t, GBN=gbn, GBK=gbk, num_warps=4)
+    t = EPILOGUE_TILE
+    M = dy2d.shape[0]
+    chunks = min(BIAS_CHUNKS, triton.cdiv(M, t)) if need_bias_grad and M else 0
+    chunk_rows = triton.cdiv(triton.cdiv(M, chunks), t) * t if chunks else t
+    bias_partial = torch.empty((chunks, N), dtype=torch.float32, device=weight.device) if chunks \
+        else _placeholder(weight.device, torch.float32)
+    if N and (K or chunks):
+        k_tiles = triton.cdiv(K, t)
+        grad_epilogue_kernel[(triton.cdiv(N, t), k_tiles + chunks)](
+            gw, weight, mask, partial, dy2d, bias_partial, N, K, M, bo, bi, mask.shape[1], K // gbk, k_tiles,
+            chunk_rows, NEED_MASK_GRAD=need_mask_grad, BIAS_GRAD=chunks > 0, BN=t, BK=t, GBN=gbn, GBK=gbk,
+            num_warps=4)
     grad_mask = None
     if need_mask_grad:
         grad_mask = partial if (gbn, gbk) == (bo, bi) else \
             partial.view(N // bo, bo // gbn, K // bi, bi // gbk).sum((1, 3))
         grad_mask = grad_mask.to(mask.dtype)
-    gb = dy2d.sum(0, dtype=torch.float32).to(dy2d.dtype) if need_bias_grad else None
+    gb = None
+    if need_bias_grad:
+        gb = bias_partial.sum(0).to(dy2d.dtype) if chunks else dy2d.new_zeros(N)
     return gw, grad_mask, gb
 
 
@@ -411,12 +437,15 @@ def compile_configurations():
         mw_sig = {"w_ptr": f"*{t}", "mask_ptr": "*fp32", "out_ptr": f"*{t}", "N": "i32", "K": "i32",
                   "block_n": "i32", "block_k": "i32", "mask_cols": "i32", "BN": "constexpr", "BK": "constexpr"}
         yield (f"masked_weight {t} tile={tile}", masked_weight_kernel, mw_sig, {"BN": tile, "BK": tile}, ["K"], 4, 3)
-        ep_sig = {"g_ptr": f"*{t}", "w_ptr": f"*{t}", "mask_ptr": "*fp32", "partial_ptr": "*fp32", "N": "i32",
-                  "K": "i32", "block_n": "i32", "block_k": "i32", "mask_cols": "i32", "partial_cols": "i32",
-                  "NEED_MASK_GRAD": "constexpr", "BN": "constexpr", "BK": "constexpr", "GBN": "constexpr",
-                  "GBK": "constexpr"}
+        ep_sig = {"g_ptr": f"*{t}", "w_ptr": f"*{t}", "mask_ptr": "*fp32", "partial_ptr": "*fp32",
+                  "dy_ptr": f"*{t}", "bias_partial_ptr": "*fp32", "N": "i32", "K": "i32", "M": "i32",
+                  "block_n": "i32", "block_k": "i32", "mask_cols": "i32", "partial_cols": "i32", "k_tiles": "i32",
+                  "chunk_rows": "i32", "NEED_MASK_GRAD": "constexpr", "BIAS_GRAD": "constexpr", "BN": "constexpr",
+                  "BK": "constexpr", "GBN": "constexpr", "GBK": "constexpr"}
         for need in (True, False):
-            for gbn, gbk in (_epilogue_granularities() if need else [(1, 1)]):
-                yield (f"grad_epilogue {t} tile={tile} GBN={gbn} GBK={gbk} need_mask_grad={need}",
-                       grad_epilogue_kernel, ep_sig,
-                       {"NEED_MASK_GRAD": need, "BN": tile, "BK": tile, "GBN": gbn, "GBK": gbk}, ["K"], 4, 3)
+            for bias in (True, False):
+                for gbn, gbk in (_epilogue_granularities() if need else [(1, 1)]):
+                    yield (f"grad_epilogue {t} tile={tile} GBN={gbn} GBK={gbk} need_mask_grad={need} bias={bias}",
+                           grad_epilogue_kernel, ep_sig,
+                           {"NEED_MASK_GRAD": need, "BIAS_GRAD": bias, "BN": tile, "BK": tile, "GBN": gbn,
+                            "GBK": gbk}, ["N", "K"], 4, 3)

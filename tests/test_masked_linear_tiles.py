@@ -162,6 +162,25 @@ def test_bias_gradient_with_a_pruned_first_tile_column(block):
     _compare(got, _reference(x, w, b, mask, block, dy), dtype, f"{block}: ")
 
 
+@pytest.mark.parametrize("M", [0, 1, 63, 65, 1100, 2000])
+@pytest.mark.parametrize("need_mask_grad", [False, True], ids=["no-mask-grad", "mask-grad"])
+def test_bias_gradient_row_chunks(M, need_mask_grad):
+    """The bias gradient's column sums run in the epilogue launch, in row chunks the host adds up: every row
+    counted once for token counts below, at and past the chunking's edges (and none at all)."""
+    tri = _tri()
+    N, K = 96, 64
+    gen = torch.Generator().manual_seed(M)
+    dy, x = torch.randn(M, N, generator=gen), torch.randn(M, K, generator=gen)
+    w, mask = torch.randn(N, K, generator=gen), (torch.rand(N // 32, K // 32, generator=gen) < 0.5).float()
+    gw, gm, gb = tri.grad_weight(dy.to(DEV), x.to(DEV), w.to(DEV), mask.to(DEV), (32, 32), need_mask_grad, True)
+    want = dy.double().sum(0)
+    assert (gb.cpu().double() - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
+    g = dy.double().t() @ x.double()
+    want_gw = g * torch.kron(mask.double(), torch.ones(32, 32, dtype=torch.float64))
+    assert (gw.cpu().double() - want_gw).abs().max().item() <= 1e-4 * max(1.0, g.abs().max().item())
+    assert (gm is not None) == need_mask_grad
+
+
 def test_bias_not_requiring_grad():
     dtype = torch.float32
     x, w, b, mask, dy = _case(33, 64, 96, (32, 32), 0.5, dtype, seed=12)
