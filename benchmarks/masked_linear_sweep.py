@@ -134,6 +134,8 @@ def main():
     parser.add_argument("--no-tiles", action="store_true",
                         help="skip steps 1-3: the crossovers with the modules' own tiles")
     parser.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
+    parser.add_argument("--evict", action="store_true",
+                        help="also time L2 eviction hints (activation loads evict_last, output stores evict_first)")
     add_output_args(parser)
     args = parser.parse_args()
     if DEV == "cuda" and not torch.cuda.is_available():
@@ -157,7 +159,7 @@ def main():
         return c["dy"].float() @ c["wm"].float()
 
     tiles = TILE_GRID
-    chosen = {"forward": (mlt.MM_TILES["16bit"], None), "grad input": (mlt.MM_TILES["16bit"], None),
+    chosen = {"forward": (mlt.MM_TILES["16bit"], True), "grad input": (mlt.MM_TILES["16bit"], True),
               "block-sparse": (bst.BM, bst._warps(bst.BM, 32), bst.STAGES)}
     for label, run, want in (("forward", fwd, fwd_want), ("grad input", dgrad, dgrad_want)):
         if args.no_tiles:
@@ -167,10 +169,25 @@ def main():
         r, best2 = sweep(f"{label} lists", [(best[0], False), (best[0], True)], sparse, run, want)
         rows += r
         chosen[label] = best2
+    for label, run, want in (("forward", fwd, fwd_want), ("grad input", dgrad, dgrad_want)):
+        if not args.evict:
+            break
+        sparse = sparse or {s: case(*s, 0.1, T) for s in SHAPES}
+        r, best3 = sweep(f"{label} L2 eviction", [chosen[label] + (e,) for e in (0, 1, 2, 3)], sparse, run, want)
+        rows += r
+        chosen[label] = best3
 
     def bsl(c, cfg):
         return bst.forward_with(c["x"], c["bsr"], c["b"], cfg)
 
+    if args.evict:
+        for (N, K), c in sparse.items():
+            bsr = c["wm"].to_sparse_bsr(BLOCK)
+            c["bsr"] = (bsr.crow_indices(), bsr.col_indices(), bsr.values(), N)
+        r, best_bsl = sweep("block-sparse L2 eviction", [chosen["block-sparse"] + (e,) for e in (0, 1, 2, 3)],
+                            sparse, bsl, fwd_want)
+        rows += r
+        chosen["block-sparse"] = best_bsl
     if not args.no_tiles:
         for (N, K), c in sparse.items():
             bsr = c["wm"].to_sparse_bsr(BLOCK)

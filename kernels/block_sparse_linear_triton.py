@@ -30,7 +30,7 @@ from .masked_linear_triton import _dot, _dot_f32  # noqa: F401  (_dot is called 
 @triton.jit
 def bsr_linear_kernel(x_ptr, crow_ptr, col_ptr, v_ptr, bias_ptr, y_ptr, M, N, K, bo, bi, n_sub,
                       HAS_BIAS: tl.constexpr, EVEN: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
-                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, EVICT: tl.constexpr = 0):
     """``y[m, i * bo + n] = sum over kept blocks e of row i, k < bi: x[m, col[e] * bi + k] * values[e, n, k]``
     (+ bias), for the tokens of tile ``program_id(1)`` and the outputs ``n`` of slice ``program_id(0) % n_sub``
     of block row ``program_id(0) // n_sub``. ``x`` (M, K) and ``y`` (M, N) contiguous, ``values`` contiguous.
@@ -56,7 +56,10 @@ def bsr_linear_kernel(x_ptr, crow_ptr, col_ptr, v_ptr, bias_ptr, y_ptr, M, N, K,
         v_off += bo * bi
         for k0 in range(0, bi, BK):
             kk = k0 + rk
-            if EVEN:
+            if EVEN and EVICT % 2 == 1:  # (sweep variant) keep the re-read activation tiles in L2 longer
+                a = tl.load(x_blk + kk[None, :], mask=m_ok[:, None], other=0.0, eviction_policy="evict_last")
+                b = tl.load(v_blk + kk[:, None])
+            elif EVEN:
                 a = tl.load(x_blk + kk[None, :], mask=m_ok[:, None], other=0.0)
                 b = tl.load(v_blk + kk[:, None])  # (BK, BN): values[e, n, k] read along k
             else:
@@ -70,7 +73,10 @@ def bsr_linear_kernel(x_ptr, crow_ptr, col_ptr, v_ptr, bias_ptr, y_ptr, M, N, K,
             acc += tl.load(bias_ptr + rn).to(tl.float32)[None, :]
         else:
             acc += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    if EVEN:
+    if EVEN and EVICT >= 2:  # (sweep variant) the output, written once, leaves L2 first
+        tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(dtype), mask=m_ok[:, None],
+                 eviction_policy="evict_first")
+    elif EVEN:
         tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(dtype), mask=m_ok[:, None])
     else:
         tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(dtype), mask=m_ok[:, None] & n_ok[None, :])
@@ -128,7 +134,7 @@ def forward(x2d: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, values: to
 def forward_with(x2d: torch.Tensor, bsr, bias: Optional[torch.Tensor],
                  config: Optional[Tuple[int, int, int]] = None) -> torch.Tensor:
     """``forward`` with ``bsr = (crow, col, values, out_features)``; ``config`` = (tokens per program, warps,
-    stages) overrides ``BM``, the warp rule and ``STAGES`` (tile sweeps)."""
+    stages[, L2 eviction variant]) overrides ``BM``, the warp rule and ``STAGES`` (tile sweeps)."""
     crow, col, values, out_features = bsr
     _check(x2d)
     x2d = x2d.detach()
@@ -147,12 +153,13 @@ def forward_with(x2d: torch.Tensor, bsr, bias: Optional[torch.Tensor],
         v = torch.zeros(1, dtype=x2d.dtype, device=x2d.device)
         col32 = torch.zeros(1, dtype=torch.int32, device=x2d.device)
     bn, bk, even = tiles((bo, bi))
-    bm, warps, stages = config or (BM, _warps(BM, bn), STAGES)
+    bm, warps, stages, *evict = config or (BM, _warps(BM, bn), STAGES)
     n_sub = triton.cdiv(bo, bn)
     grid = ((crow32.numel() - 1) * n_sub, triton.cdiv(M, bm))  # (the second axis is limited to 65535)
     bsr_linear_kernel[grid](x2d, crow32, col32, v, bias if bias is not None else y, y, M, N, K, bo, bi, n_sub,
                             HAS_BIAS=bias is not None, EVEN=even, IEEE=x2d.dtype == torch.float32,
-                            DOT_F32=_dot_f32(x2d), BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages)
+                            DOT_F32=_dot_f32(x2d), BM=bm, BN=bn, BK=bk, EVICT=evict[0] if evict else 0,
+                            num_warps=warps, num_stages=stages)
     return y
 
 

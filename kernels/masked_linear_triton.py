@@ -75,7 +75,7 @@ def masked_mm_kernel(a_ptr, w_ptr, mask_ptr, bias_ptr, c_ptr, lists_ptr,
                      M, J, T, K, mask_cols, block_t, block_j, n_t_tiles, n_j_tiles,
                      TRANS: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
                      LIST_IN_KERNEL: tl.constexpr, CHUNK: tl.constexpr, BM: tl.constexpr, BJ: tl.constexpr,
-                     BT: tl.constexpr):
+                     BT: tl.constexpr, EVICT: tl.constexpr = 0):
     """``C[m, j] = sum_t A[m, t] * B[t, j]`` with ``B = (W * M)^T`` (forward: j over W's rows) or, when
     ``TRANS``, ``B = W * M`` (input gradient: j over W's columns), over the kept t-tiles of the program's tile
     column only. ``A`` is (M, T) and ``C`` (M, J), both contiguous; ``W`` is contiguous with ``K`` columns,
@@ -115,7 +115,11 @@ def masked_mm_kernel(a_ptr, w_ptr, mask_ptr, bias_ptr, c_ptr, lists_ptr,
             tt = tl.load(lists_ptr + pid_j * n_t_tiles + i)
             scale = tl.load(mrow + ((tt * BT) // block_t) * mstride)
         rt = tt.to(tl.int64) * BT + tl.arange(0, BT)
-        a = tl.load(a_ptr + rm[:, None] * T + rt[None, :], mask=m_ok[:, None], other=0.0)
+        if EVICT % 2 == 1:  # (sweep variant) keep the re-read activation tiles in L2 longer
+            a = tl.load(a_ptr + rm[:, None] * T + rt[None, :], mask=m_ok[:, None], other=0.0,
+                        eviction_policy="evict_last")
+        else:
+            a = tl.load(a_ptr + rm[:, None] * T + rt[None, :], mask=m_ok[:, None], other=0.0)
         if TRANS:  # B[t, j] = W[t, j]
             b = tl.load(w_ptr + rt[:, None] * K + rj[None, :])
         else:      # B[t, j] = W[j, t]
@@ -124,7 +128,11 @@ def masked_mm_kernel(a_ptr, w_ptr, mask_ptr, bias_ptr, c_ptr, lists_ptr,
         acc = _dot(a, b, acc, IEEE, DOT_F32)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rj).to(tl.float32)[None, :]
-    tl.store(c_ptr + rm[:, None] * J + rj[None, :], acc.to(dtype), mask=m_ok[:, None])
+    if EVICT >= 2:  # (sweep variant) the output, written once, leaves L2 first
+        tl.store(c_ptr + rm[:, None] * J + rj[None, :], acc.to(dtype), mask=m_ok[:, None],
+                 eviction_policy="evict_first")
+    else:
+        tl.store(c_ptr + rm[:, None] * J + rj[None, :], acc.to(dtype), mask=m_ok[:, None])
 
 
 @triton.jit
@@ -301,7 +309,7 @@ def list_chunk(n_t: int) -> int:
 
 def sparse_mm(a: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: Optional[torch.Tensor],
               block_shape: Tuple[int, int], transpose: bool, tiles: Optional[Tuple[int, int, int]] = None,
-              list_in_kernel: Optional[bool] = None) -> torch.Tensor:
+              list_in_kernel: Optional[bool] = None, evict: int = 0) -> torch.Tensor:
     """``a @ (W * M).T + bias`` (forward) or, with ``transpose``, ``a @ (W * M)`` (input gradient), on the kept
     tiles only. ``tiles`` (tokens per program, warps, stages) and ``list_in_kernel`` override the module's
     choices (tile sweeps, tests)."""
@@ -326,7 +334,7 @@ def sparse_mm(a: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: O
                            M, J, T, K, mask.shape[1], block_t, block_j, n_t, n_j, TRANS=transpose,
                            HAS_BIAS=bias is not None, IEEE=a.dtype == torch.float32, DOT_F32=_dot_f32(a),
                            LIST_IN_KERNEL=chunk > 0, CHUNK=max(chunk, LIST_CHUNKS[0]), BM=bm, BJ=side, BT=side,
-                           num_warps=warps, num_stages=stages)
+                           EVICT=evict, num_warps=warps, num_stages=stages)
     return c
 
 

@@ -635,3 +635,37 @@ def test_misspelt_backend_and_non_linear_source():
         MaskedLinear(8, 4, backend="refrence")
     with pytest.raises(TypeError, match="expected a torch.nn.Linear"):
         MaskedLinear.from_linear(nn.Conv1d(8, 4, 1))
+
+
+@pytest.mark.parametrize("method,hint", [("topK", 0.3), ("magnitude", 0.3), ("threshold", None),
+                                         ("sigmoied_threshold", None), ("l0", None)])
+def test_forward_passes_its_kept_fraction_as_the_path_hint(monkeypatch, method, hint):
+    """topK and magnitude know the fraction they keep and hand it to the op (the GPU path's choice, read on the
+    host); the threshold methods do not know it before the mask exists, and pass none."""
+    import bermo.nn.masked_linear as module
+
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return masked_linear(*args, **kwargs)
+
+    monkeypatch.setattr(module, "masked_linear", spy)
+    layer = MaskedLinear(64, 32, method=method, block_shape=(32, 32), density=0.3, backend="reference")
+    layer(torch.randn(3, 64))
+    assert seen["density"] == hint
+    if hint is None:  # the threshold methods: the fraction last measured, once there is one
+        if method == "sigmoied_threshold":
+            layer.threshold = 0.5
+        with torch.no_grad():
+            layer.scores.copy_(torch.tensor([[5.0, -5.0]]))
+        measured = layer.kept_fraction()
+        assert measured == 0.5
+        layer(torch.randn(3, 64))
+        assert seen["density"] == 0.5
+        from bermo.pruning import kept_fraction
+        with torch.no_grad():
+            layer.scores.fill_(5.0)
+        kept_fraction(nn.Sequential(layer))
+        layer(torch.randn(3, 64))
+        assert seen["density"] == 1.0

@@ -178,6 +178,7 @@ class MaskedLinear(nn.Linear):
         self.block_shape = block_shape
         self.backend = backend
         self.density = density
+        self.measured_density: Optional[float] = None  # the kept fraction last measured (kept_fraction)
         self.threshold = threshold
         if method in LEARNED_METHODS:
             self.scores = nn.Parameter(torch.empty(self.blocks_shape, dtype=torch.float32, device=device))
@@ -301,18 +302,23 @@ class MaskedLinear(nn.Linear):
             return expand_mask(self.block_mask(), self.block_shape)
 
     def kept_fraction(self) -> float:
-        """The fraction of weights the current mask keeps (nonzero); for ``l0`` that of the eval-mode mask."""
+        """The fraction of weights the current mask keeps (nonzero); for ``l0`` that of the eval-mode mask.
+        Also kept as ``measured_density``, the GPU path's hint for the threshold methods (see ``forward``)."""
         with torch.no_grad():
             if self._method == "l0":
                 m = l0_mask(self.scores, training=False) if self.scores is not None else None
             else:
                 m = self.block_mask()
-            return float((m != 0).float().mean()) if m is not None else float("nan")
+            value = float((m != 0).float().mean()) if m is not None else float("nan")
+        self.measured_density = None if value != value else value
+        return value
 
     # -------------------------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # topK and magnitude know how many blocks they keep: a host-side hint for the GPU kernels' choice of path
-        hint = self._density if self._method in ("topK", "magnitude") else None
+        # A host-side hint for the GPU kernels' choice of path (never a device sync): topK and magnitude know how
+        # many blocks they keep; the threshold methods pass the fraction last measured (kept_fraction, which the
+        # pruning Trainer calls at every log), None before any
+        hint = self._density if self._method in ("topK", "magnitude") else self.measured_density
         return masked_linear(x, self.weight, self.block_mask(), self.bias, self.block_shape, backend=self.backend,
                              density=hint)
 

@@ -8,8 +8,9 @@ values in [0, 1]). With ``G = dY^T X`` (out, in), the gradients are
 * ``grad x = dY @ (weight * expand(mask))``: zero mask blocks skipped, as in the forward;
 * ``grad weight = G * expand(mask)``;
 * ``grad mask = blocksum(G * weight)`` (float masks only): the straight-through score gradient of movement
-  pruning needs ``G`` at pruned weights too, so ``G`` stays dense there; it is computed on kept blocks only
-  when the mask needs no gradient;
+  pruning needs ``G`` at pruned weights too, so ``G`` stays dense there; when the mask needs no gradient the
+  C++ CPU kernels compute it on kept blocks only (on a GPU the whole cuBLAS product measured faster at every
+  density, see ``bermo.kernels.masked_linear_triton.grad_weight``);
 * ``grad bias = sum of dY over tokens``.
 """
 from __future__ import annotations

@@ -27,7 +27,10 @@ def kept_fraction(model: nn.Module) -> float:
     kept = total = 0
     for _, module in masked_linears(model):
         bo, bi = module.block_shape
-        kept += int(_kept_blocks(module).sum()) * bo * bi
+        blocks = _kept_blocks(module)
+        n = int(blocks.sum())
+        module.measured_density = n / max(1, blocks.numel())  # the threshold methods' GPU path hint
+        kept += n * bo * bi
         total += module.weight.numel()
     if not total:
         raise ValueError(f"kept_fraction: {type(model).__name__} has no bermo.nn.MaskedLinear")
