@@ -30,7 +30,7 @@ from .masked_linear_triton import _dot, _dot_f32  # noqa: F401  (_dot is called 
 @triton.jit
 def bsr_linear_kernel(x_ptr, crow_ptr, col_ptr, v_ptr, bias_ptr, y_ptr, M, N, K, bo, bi, n_sub,
                       HAS_BIAS: tl.constexpr, EVEN: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
-                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, EVICT: tl.constexpr = 0):
+                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """``y[m, i * bo + n] = sum over kept blocks e of row i, k < bi: x[m, col[e] * bi + k] * values[e, n, k]``
     (+ bias), for the tokens of tile ``program_id(1)`` and the outputs ``n`` of slice ``program_id(0) % n_sub``
     of block row ``program_id(0) // n_sub``. ``x`` (M, K) and ``y`` (M, N) contiguous, ``values`` contiguous.
@@ -56,15 +56,14 @@ def bsr_linear_kernel(x_ptr, crow_ptr, col_ptr, v_ptr, bias_ptr, y_ptr, M, N, K,
         v_off += bo * bi
         for k0 in range(0, bi, BK):
             kk = k0 + rk
-            if EVEN and EVICT % 2 == 1:  # (sweep variant) keep the re-read activation tiles in L2 longer
+            # x tiles are re-read by every block row that keeps them: kept in L2 longer than the output
+            if EVEN:
                 a = tl.load(x_blk + kk[None, :], mask=m_ok[:, None], other=0.0, eviction_policy="evict_last")
-                b = tl.load(v_blk + kk[:, None])
-            elif EVEN:
-                a = tl.load(x_blk + kk[None, :], mask=m_ok[:, None], other=0.0)
                 b = tl.load(v_blk + kk[:, None])  # (BK, BN): values[e, n, k] read along k
             else:
                 k_ok = kk < bi
-                a = tl.load(x_blk + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+                a = tl.load(x_blk + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0,
+                            eviction_policy="evict_last")
                 b = tl.load(v_blk + kk[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
             acc = _dot(a, b, acc, IEEE, DOT_F32)
     rn = i.to(tl.int64) * bo + ln
@@ -73,13 +72,12 @@ def bsr_linear_kernel(x_ptr, crow_ptr, col_ptr, v_ptr, bias_ptr, y_ptr, M, N, K,
             acc += tl.load(bias_ptr + rn).to(tl.float32)[None, :]
         else:
             acc += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    if EVEN and EVICT >= 2:  # (sweep variant) the output, written once, leaves L2 first
+    if EVEN:
         tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(dtype), mask=m_ok[:, None],
                  eviction_policy="evict_first")
-    elif EVEN:
-        tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(dtype), mask=m_ok[:, None])
     else:
-        tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(dtype), mask=m_ok[:, None] & n_ok[None, :])
+        tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(dtype), mask=m_ok[:, None] & n_ok[None, :],
+                 eviction_policy="evict_first")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -87,7 +85,8 @@ def bsr_linear_kernel(x_ptr, crow_ptr, col_ptr, v_ptr, bias_ptr, y_ptr, M, N, K,
 # ----------------------------------------------------------------------------------------------------------
 # Tiles measured on an H100 (bfloat16, 4096 tokens, BERT-base shapes, 32x32 blocks at density 0.1;
 # benchmarks/results/masked_linear_sweep_*.md): 128 tokens, 4 warps, 2 stages is the best of 64/128/256 x 4/8 x
-# 2/3/4 (3 stages, the default before: 10-30% slower).
+# 2/3/4 (3 stages, the default before: 10-30% slower); L2 eviction hints (x loads evict_last, output stores
+# evict_first) gained 4-6% on the FFN shapes.
 BM = 128     # tokens per program (a 128 x 32 output tile per 32 x 32 block row slice)
 STAGES = 2   # software-pipeline stages
 
@@ -134,7 +133,7 @@ def forward(x2d: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, values: to
 def forward_with(x2d: torch.Tensor, bsr, bias: Optional[torch.Tensor],
                  config: Optional[Tuple[int, int, int]] = None) -> torch.Tensor:
     """``forward`` with ``bsr = (crow, col, values, out_features)``; ``config`` = (tokens per program, warps,
-    stages[, L2 eviction variant]) overrides ``BM``, the warp rule and ``STAGES`` (tile sweeps)."""
+    stages) overrides ``BM``, the warp rule and ``STAGES`` (tile sweeps)."""
     crow, col, values, out_features = bsr
     _check(x2d)
     x2d = x2d.detach()
@@ -153,13 +152,12 @@ def forward_with(x2d: torch.Tensor, bsr, bias: Optional[torch.Tensor],
         v = torch.zeros(1, dtype=x2d.dtype, device=x2d.device)
         col32 = torch.zeros(1, dtype=torch.int32, device=x2d.device)
     bn, bk, even = tiles((bo, bi))
-    bm, warps, stages, *evict = config or (BM, _warps(BM, bn), STAGES)
+    bm, warps, stages = config or (BM, _warps(BM, bn), STAGES)
     n_sub = triton.cdiv(bo, bn)
     grid = ((crow32.numel() - 1) * n_sub, triton.cdiv(M, bm))  # (the second axis is limited to 65535)
     bsr_linear_kernel[grid](x2d, crow32, col32, v, bias if bias is not None else y, y, M, N, K, bo, bi, n_sub,
                             HAS_BIAS=bias is not None, EVEN=even, IEEE=x2d.dtype == torch.float32,
-                            DOT_F32=_dot_f32(x2d), BM=bm, BN=bn, BK=bk, EVICT=evict[0] if evict else 0,
-                            num_warps=warps, num_stages=stages)
+                            DOT_F32=_dot_f32(x2d), BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages)
     return y
 
 

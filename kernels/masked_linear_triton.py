@@ -75,7 +75,7 @@ def masked_mm_kernel(a_ptr, w_ptr, mask_ptr, bias_ptr, c_ptr, lists_ptr,
                      M, J, T, K, mask_cols, block_t, block_j, n_t_tiles, n_j_tiles,
                      TRANS: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
                      LIST_IN_KERNEL: tl.constexpr, CHUNK: tl.constexpr, BM: tl.constexpr, BJ: tl.constexpr,
-                     BT: tl.constexpr, EVICT: tl.constexpr = 0):
+                     BT: tl.constexpr):
     """``C[m, j] = sum_t A[m, t] * B[t, j]`` with ``B = (W * M)^T`` (forward: j over W's rows) or, when
     ``TRANS``, ``B = W * M`` (input gradient: j over W's columns), over the kept t-tiles of the program's tile
     column only. ``A`` is (M, T) and ``C`` (M, J), both contiguous; ``W`` is contiguous with ``K`` columns,
@@ -115,11 +115,9 @@ def masked_mm_kernel(a_ptr, w_ptr, mask_ptr, bias_ptr, c_ptr, lists_ptr,
             tt = tl.load(lists_ptr + pid_j * n_t_tiles + i)
             scale = tl.load(mrow + ((tt * BT) // block_t) * mstride)
         rt = tt.to(tl.int64) * BT + tl.arange(0, BT)
-        if EVICT % 2 == 1:  # (sweep variant) keep the re-read activation tiles in L2 longer
-            a = tl.load(a_ptr + rm[:, None] * T + rt[None, :], mask=m_ok[:, None], other=0.0,
-                        eviction_policy="evict_last")
-        else:
-            a = tl.load(a_ptr + rm[:, None] * T + rt[None, :], mask=m_ok[:, None], other=0.0)
+        # the activation tiles are re-read by every tile column that keeps them: kept in L2 longer than the output
+        a = tl.load(a_ptr + rm[:, None] * T + rt[None, :], mask=m_ok[:, None], other=0.0,
+                    eviction_policy="evict_last")
         if TRANS:  # B[t, j] = W[t, j]
             b = tl.load(w_ptr + rt[:, None] * K + rj[None, :])
         else:      # B[t, j] = W[j, t]
@@ -128,11 +126,8 @@ def masked_mm_kernel(a_ptr, w_ptr, mask_ptr, bias_ptr, c_ptr, lists_ptr,
         acc = _dot(a, b, acc, IEEE, DOT_F32)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rj).to(tl.float32)[None, :]
-    if EVICT >= 2:  # (sweep variant) the output, written once, leaves L2 first
-        tl.store(c_ptr + rm[:, None] * J + rj[None, :], acc.to(dtype), mask=m_ok[:, None],
-                 eviction_policy="evict_first")
-    else:
-        tl.store(c_ptr + rm[:, None] * J + rj[None, :], acc.to(dtype), mask=m_ok[:, None])
+    tl.store(c_ptr + rm[:, None] * J + rj[None, :], acc.to(dtype), mask=m_ok[:, None],
+             eviction_policy="evict_first")
 
 
 @triton.jit
@@ -198,7 +193,8 @@ def grad_epilogue_kernel(g_ptr, w_ptr, mask_ptr, partial_ptr, dy_ptr, bias_parti
 # 2/3/4 for both products (8 warps: 20-40% slower); a program listing its own kept tiles saves the list launch
 # (forward 1-2 us, 8-20%); the other program order and scaling the product instead of the weight tile did not
 # help. The products are bound by the L2 traffic of the x tiles each kept block re-reads (about 60 MB per FFN
-# layer at density 0.1), not by HBM.
+# layer at density 0.1), not by HBM; L2 eviction hints (x loads evict_last, output stores evict_first) gained 3-5%
+# on the FFN shapes (a later sweep, GPU_NOTES call 7).
 SIDE_CHOICES = (64, 32, 16)   # tile sides of the block-skipping products, largest first
 MM_TILES = {                   # (tokens per program, warps, pipeline stages) of the block-skipping products
     "16bit": (128, 4, 2),
@@ -309,7 +305,7 @@ def list_chunk(n_t: int) -> int:
 
 def sparse_mm(a: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: Optional[torch.Tensor],
               block_shape: Tuple[int, int], transpose: bool, tiles: Optional[Tuple[int, int, int]] = None,
-              list_in_kernel: Optional[bool] = None, evict: int = 0) -> torch.Tensor:
+              list_in_kernel: Optional[bool] = None) -> torch.Tensor:
     """``a @ (W * M).T + bias`` (forward) or, with ``transpose``, ``a @ (W * M)`` (input gradient), on the kept
     tiles only. ``tiles`` (tokens per program, warps, stages) and ``list_in_kernel`` override the module's
     choices (tile sweeps, tests)."""
@@ -334,7 +330,7 @@ def sparse_mm(a: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: O
                            M, J, T, K, mask.shape[1], block_t, block_j, n_t, n_j, TRANS=transpose,
                            HAS_BIAS=bias is not None, IEEE=a.dtype == torch.float32, DOT_F32=_dot_f32(a),
                            LIST_IN_KERNEL=chunk > 0, CHUNK=max(chunk, LIST_CHUNKS[0]), BM=bm, BJ=side, BT=side,
-                           EVICT=evict, num_warps=warps, num_stages=stages)
+                           num_warps=warps, num_stages=stages)
     return c
 
 
@@ -435,11 +431,13 @@ def compile_configurations():
                                "K": "i32", "mask_cols": "i32", "block_t": "i32", "block_j": "i32",
                                "n_t_tiles": "i32", "n_j_tiles": "i32", "TRANS": "constexpr",
                                "HAS_BIAS": "constexpr", "IEEE": "constexpr", "DOT_F32": "constexpr",
-                               "LIST_IN_KERNEL": "constexpr", "CHUNK": "constexpr", "BM": "constexpr", "BJ": "constexpr", "BT": "constexpr"}
+                               "LIST_IN_KERNEL": "constexpr", "CHUNK": "constexpr", "BM": "constexpr",
+                               "BJ": "constexpr", "BT": "constexpr"}
                         yield (f"masked_mm {t} BM={bm} side={side} trans={trans} bias={has_bias} "
                                f"list_chunk={chunk}", masked_mm_kernel, sig,
                                {"TRANS": trans, "HAS_BIAS": has_bias, "IEEE": ieee, "DOT_F32": False,
-                                "LIST_IN_KERNEL": chunk > 0, "CHUNK": max(chunk, LIST_CHUNKS[0]), "BM": bm, "BJ": side, "BT": side},
+                                "LIST_IN_KERNEL": chunk > 0, "CHUNK": max(chunk, LIST_CHUNKS[0]), "BM": bm,
+                                "BJ": side, "BT": side},
                                ["J", "T", "K"], warps, stages)
         tile = EPILOGUE_TILE
         mw_sig = {"w_ptr": f"*{t}", "mask_ptr": "*fp32", "out_ptr": f"*{t}", "N": "i32", "K": "i32",
