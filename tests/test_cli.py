@@ -2,6 +2,7 @@
 compression), eval, probe, resume, the divergence detector, a 2-process torchrun, and every bad input named
 before training starts."""
 import json
+import math
 import os
 import random
 import shutil
@@ -390,3 +391,20 @@ def test_torchrun_two_processes_end_with_the_same_model(tiny, tmp_path):
     saved = AutoModelForSequenceClassification.from_pretrained(out / "model")
     assert parameter_digest(saved) == s["parameter_digest"]
     # pruning under DDP (masks derived from parameters DDP keeps in step) is tested in test_pruning_distributed.py
+
+
+@pytest.mark.parametrize("arch,extra", [("bermo", ()), ("bert", ("--prune", "topK", "--final-density", "0.5",
+                                                                  "--block", "16"))], ids=["bermo", "bert-pruned"])
+def test_train_in_bf16_mixed_precision(tiny, tmp_path, arch, extra):
+    """--precision bf16: the Trainer's autocast reaches the scalar mix and the masked linears (cast as F.linear
+    casts), the weights stay float32, the run and its summary are sound."""
+    out = tmp_path / "run"
+    assert _train(tiny, out, "--precision", "bf16", "--save-steps", "0", *extra, arch=arch) == 0
+    s = _summary(out)
+    assert s["steps"] == 4 and not s["nan_loss"] and s["options"]["precision"] == "bf16"
+    assert 0.0 <= s["final_dev"]["eval_accuracy"] <= 1.0
+    losses = [r["loss"] for r in json.load(open(out / "curve.json"))["train"]]
+    assert losses and all(math.isfinite(v) for v in losses)
+    import safetensors.torch
+    weights = safetensors.torch.load_file(str(out / "model" / "model.safetensors"))
+    assert {t.dtype for t in weights.values()} == {torch.float32}

@@ -73,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--mix-layer-norm", action="store_true", help="BERMo: layer-normalise each layer before mixing")
     group.add_argument("--mix-backend", choices=("auto", "triton", "cpu", "reference"),
                        help="BERMo: the ScalarMix backend (default: per device)")
+    group.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                       help="mixed precision (torch.autocast through the Trainer): bf16 on recent GPUs or a CPU, fp16 "
+                            "with a loss scaler; the weights stay float32")
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
     group.add_argument("--collapse-share", type=float, default=0.98,
                        help="a dev evaluation where this share of predictions is one class counts as diverged")
@@ -120,6 +123,8 @@ def parse_block(text: str) -> Tuple[Optional[int], Optional[int], str]:
 
 def check_options(args: argparse.Namespace) -> None:
     """Options that do not fit together, before anything is loaded."""
+    import torch
+
     from ..models.optim import DEFAULT_MIX_LR
     def bad(message):
         raise CommandError(message)
@@ -158,6 +163,8 @@ def check_options(args: argparse.Namespace) -> None:
         bad(f"--alpha (the distillation share of the loss) must be in [0, 1]; got {args.alpha}")
     if not 0.0 < args.collapse_share <= 1.0:
         bad(f"--collapse-share must be in (0, 1]; got {args.collapse_share}")
+    if args.precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        bad("--precision bf16: this GPU has no bfloat16 support; use --precision fp16 or fp32")
     if args.train_file is None and args.task is None:
         bad("no training data: give --task NAME (a GLUE task) or --train-file (with --validation-file)")
     if args.validation_file is None and args.task is None:
@@ -414,6 +421,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         save_total_limit=args.save_total_limit, report_to=[], disable_tqdm=args.no_progress,
         ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+        bf16=args.precision == "bf16", fp16=args.precision == "fp16",
         logging_nan_inf_filter=False)  # a NaN loss must reach the curve and the divergence check as NaN
     if args.arch == "bermo":
         trainer_cls = BermoTrainer

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from .. import backends
 from ..kernels.dtypes import SUPPORTED_DTYPES, acc_dtype
+from .autocast import autocast_inputs
 from .custom_ops import CustomOps
 
 OP_NAME = "block_sparse_linear"
@@ -242,6 +243,8 @@ class BlockSparseLinearFunction(torch.autograd.Function):
 # Functional entry point
 # ----------------------------------------------------------------------------------------------------------
 def _dispatch(x, crow_indices, col_indices, values, bias, out_features, in_features, backend, check_contents):
+    if isinstance(x, torch.Tensor):  # under torch.autocast: cast as F.linear does (bermo.ops.autocast)
+        x, values, bias = autocast_inputs(x.device.type, x, values, bias)
     N, K, bo, bi = _validate(x, crow_indices, col_indices, values, bias, out_features, in_features, check_contents)
     name = backends.resolve_no_float64_triton(backend, x, OP_NAME)
     if name == "reference":

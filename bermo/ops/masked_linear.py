@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .. import backends
 from ..kernels.dtypes import SUPPORTED_DTYPES, acc_dtype
+from .autocast import autocast_inputs
 from .custom_ops import CustomOps
 
 OP_NAME = "masked_linear"
@@ -221,7 +222,11 @@ def masked_linear(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bia
     ``density``: the fraction of mask blocks expected to be nonzero, if the caller knows it (``MaskedLinear``
     passes its own for ``topK`` and ``magnitude``). A hint for the GPU path only, read on the host so the call
     never waits for the device: near-dense masks then go to cuBLAS (see
-    ``bermo.kernels.masked_linear_triton.uses_dense_path``). It never changes the result."""
+    ``bermo.kernels.masked_linear_triton.uses_dense_path``). It never changes the result.
+
+    Under ``torch.autocast`` x, weight and bias are cast as ``F.linear`` casts them (``bermo.ops.autocast``)."""
+    if isinstance(x, torch.Tensor):
+        x, weight, bias = autocast_inputs(x.device.type, x, weight, bias)
     bo, bi = _validate(x, weight, mask, bias, block_shape)
     if density is not None and not (isinstance(density, (int, float)) and 0.0 <= density <= 1.0):
         raise ValueError(f"{OP_NAME}: density (the expected kept fraction, a hint) must be a number in [0, 1] or "
