@@ -26,29 +26,12 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (GRAPH_CALLS, add_output_args, copy_bandwidth_gbs, environment, markdown_table,  # noqa: E402
+from common import (add_output_args, capture_graph, copy_bandwidth_gbs, environment, markdown_table,  # noqa: E402
                     output_dir, per_call, time_interleaved, write_results)
 
 from bermo.nn import BlockSparseLinear  # noqa: E402
 
 SHAPES = [(768, 768), (3072, 768), (768, 3072)]  # (out, in)
-
-
-def capture(fn):
-    """A CUDA graph of ``GRAPH_CALLS`` calls of ``fn()`` (warmed up on a side stream) and its last output."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(GRAPH_CALLS):
-            out = fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    return graph, out
 
 
 def layer_rows(N, K, block, density, T, dtype, device, reps, copy_gbs):
@@ -82,7 +65,7 @@ def layer_rows(N, K, block, density, T, dtype, device, reps, copy_gbs):
             errors[(name, "call")] = ((y.float() - ref).abs().max() / ref.abs().max()).item()
             cases[(name, "call")] = (call, None)
             try:
-                graph, out = capture(call)
+                graph, out = capture_graph(call)
             except Exception as exc:  # a provider whose call cannot be captured: say so, time the call only
                 print(f"{name} {N}x{K} {block} {density}: no CUDA graph ({type(exc).__name__}: {exc})",
                       file=sys.stderr)

@@ -164,6 +164,26 @@ def time_fn(fn: Callable[[], object], device: torch.device, reps: int = 30, warm
 GRAPH_CALLS = 20  # calls captured in one CUDA graph: a replay's own launch cost (~5 us) spread over them
 
 
+def capture_graph(fn: Callable[[], object], calls: int = GRAPH_CALLS):
+    """``(graph, last output)``: ``fn`` warmed up on a side stream, then ``calls`` calls of it captured in one
+    CUDA graph (replayed once, so the outputs hold values). For calls with no autograd leaves; see
+    ``masked_linear.py: capture`` for training steps."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            out = fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    return graph, out
+
+
 def per_call(timing: Dict[str, float], calls: int = GRAPH_CALLS) -> Dict[str, float]:
     """A graph replay's timing (``median_ms``, ``p20_ms``, ``p80_ms``) divided among the calls it holds."""
     return {k: v / calls for k, v in timing.items()}

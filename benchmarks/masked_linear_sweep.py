@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import add_output_args, environment, markdown_table, output_dir, write_results  # noqa: E402
+from common import (add_output_args, capture_graph, environment, markdown_table, output_dir,  # noqa: E402
+                    write_results)
 
 from bermo.kernels import block_sparse_linear_triton as bst  # noqa: E402
 from bermo.kernels import masked_linear_triton as mlt  # noqa: E402
@@ -52,19 +53,7 @@ DEV = "cuda"
 
 def graph_ms(fn, calls: int = 40, reps: int = 15) -> float:
     """Median device time of one ``fn()`` call, replayed from a CUDA graph of ``calls`` calls."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
+    graph, _ = capture_graph(fn, calls)
     times = []
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -185,7 +174,7 @@ def main():
         for (N, K) in SHAPES:
             c = case(N, K, density, T, seed=1)
             f_cfg, d_cfg = chosen["forward"], chosen["grad input"]
-            x, dy, w, b, mask, wm = c["x"], c["dy"], c["w"], c["b"], c["mask"], c["wm"]
+            x, dy, w, b, mask = c["x"], c["dy"], c["w"], c["b"], c["mask"]
             expanded = mask.repeat_interleave(32, 0).repeat_interleave(32, 1)
             providers = {
                 "forward: block-skipping": (lambda: fwd(c, f_cfg), fwd_want(c)),
