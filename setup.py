@@ -6,5 +6,5 @@ packages = find_packages(include=["bermo", "bermo.*"]) + ["bermo.kernels"]
 setup(
     packages=packages,
     package_dir={"bermo.kernels": "kernels"},
-    package_data={"bermo": ["py.typed"], "bermo.kernels": ["csrc/*.cpp"]},
+    package_data={"bermo": ["py.typed"], "bermo.kernels": ["csrc/*.cpp", "csrc/*.h"]},
 )

@@ -3,9 +3,9 @@
 
     python -m bermo.kernels.cpu_extension     # build ahead of time (say, in a Docker image), print where
 
-The cache entry's name hashes everything the binary depends on (the sources, the flags, the CPU, this torch
-build and this Python), so two environments on one machine never rebuild or load each other's library;
-concurrent first builds of one entry are serialised by torch's own lock file in the build folder.
+The cache entry's name hashes everything the binary depends on (the sources and the shared headers, the flags,
+the CPU, this torch build and this Python), so two environments on one machine never rebuild or load each
+other's library; concurrent first builds of one entry are serialised by torch's own lock file in the build folder.
 """
 from __future__ import annotations
 
@@ -41,9 +41,13 @@ def _cpu_tag() -> str:
         return platform.processor() + platform.machine()
 
 
+def headers():
+    return sorted(glob.glob(os.path.join(CSRC, "*.h")))
+
+
 def extension_name() -> str:
     digest = hashlib.sha1()
-    for path in sources():
+    for path in sources() + headers():  # a header change must rebuild too
         with open(path, "rb") as f:
             digest.update(os.path.basename(path).encode() + b"\0" + f.read())
     key = "\n".join([digest.hexdigest(), " ".join(CFLAGS), _cpu_tag(), torch.__version__,

@@ -37,3 +37,22 @@ def test_cache_name_tracks_the_torch_build(monkeypatch):
     name = cpu_extension.extension_name()
     monkeypatch.setattr(torch, "__version__", torch.__version__ + "+other")
     assert cpu_extension.extension_name() != name
+
+
+def test_cache_name_tracks_the_shared_headers(monkeypatch, tmp_path):
+    """A change to a shared header (csrc/*.h) must rebuild, as a change to a source does; the installed
+    package ships the headers (setup.py's package data)."""
+    from bermo.kernels import cpu_extension
+
+    assert any(p.endswith("simd.h") for p in cpu_extension.headers())
+    name = cpu_extension.extension_name()
+    copies = []
+    for path in cpu_extension.headers():
+        copy = tmp_path / path.split("/")[-1]
+        copy.write_bytes(open(path, "rb").read() + b"\n// changed\n")
+        copies.append(str(copy))
+    monkeypatch.setattr(cpu_extension, "headers", lambda: copies)
+    assert cpu_extension.extension_name() != name
+    import pathlib
+    setup = (pathlib.Path(__file__).resolve().parents[1] / "setup.py").read_text()
+    assert '"csrc/*.h"' in setup

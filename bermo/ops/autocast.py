@@ -18,7 +18,11 @@ _CAST = (torch.float32, torch.float16, torch.bfloat16)
 
 def autocast_inputs(device_type: str, *tensors: Optional[torch.Tensor]) -> Tuple[Optional[torch.Tensor], ...]:
     """``tensors`` as ``F.linear`` under autocast would use them (unchanged when autocast is off there)."""
-    if not torch.is_autocast_enabled(device_type):
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type autocast does not know (meta, ...): nothing to cast
+        return tensors
+    if not enabled:
         return tensors
     dtype = torch.get_autocast_dtype(device_type)
     return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in _CAST else t for t in tensors)
