@@ -35,21 +35,12 @@ from typing import Optional
 import torch
 
 from .cpu_extension import extension
-from .dtypes import acc_dtype
+from .dtypes import acc_dtype, empty_tensor
 from .layout import output_like
 
 # Highest (padded) kept fraction at which the block kernel beats the dense product (see the module doc).
 MAX_BLOCK_DENSITY = 0.6
 PAD = 16  # the C++ panels' output side is padded to a multiple of this
-
-_EMPTY = {}
-
-
-def _empty(dtype: torch.dtype) -> torch.Tensor:
-    t = _EMPTY.get(dtype)
-    if t is None:
-        t = _EMPTY[dtype] = torch.empty(0, dtype=dtype)
-    return t
 
 
 def _ext():
@@ -163,7 +154,7 @@ def forward(x2d: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, values: to
         return out
     path = plan(N, K, nnz, (bo, bi))
     if path == "blocks":
-        _ext().bsl_forward(x2d, crow, col, packed_values(values), _empty(acc) if b is None else b, bo, out)
+        _ext().bsl_forward(x2d, crow, col, packed_values(values), empty_tensor(acc) if b is None else b, bo, out)
     elif path == "rows":  # each block is bo whole rows of W (one block per block row at most)
         rows = (_row_indices(crow).unsqueeze(1) * bo + torch.arange(bo)).reshape(-1)
         wk = values.detach().reshape(nnz * bo, K).to(acc)

@@ -4,6 +4,7 @@ Importing this module imports neither Triton nor the C++ extension.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -45,3 +46,10 @@ def check_interpreter_mode(interpreted_at_import: bool) -> None:
             "bermo's Triton kernels were imported before TRITON_INTERPRET=1 was set, so they cannot run on CPU "
             "tensors: set TRITON_INTERPRET=1 before the first bermo call (best: before importing bermo), or "
             "use backend='cpu'")
+
+
+@functools.lru_cache(maxsize=None)
+def empty_tensor(dtype: torch.dtype) -> torch.Tensor:
+    """A zero-element CPU tensor of ``dtype``, made once: what a kernel argument gets for "none" (the C++
+    launchers take an empty bias rather than an optional one)."""
+    return torch.empty(0, dtype=dtype)

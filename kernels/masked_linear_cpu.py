@@ -67,7 +67,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from .cpu_extension import extension
-from .dtypes import SIXTEEN_BIT, SUPPORTED_DTYPES, acc_dtype
+from .dtypes import SIXTEEN_BIT, SUPPORTED_DTYPES, acc_dtype, empty_tensor
 from .layout import output_like, workspace
 
 # Highest kept-block fraction at which the block kernels beat the dense path (measured, see the module doc).
@@ -82,15 +82,6 @@ MAX_BLOCK_DENSITY_AMX_BF16 = {"forward": 0.1, "grad_input": 0.1, "grad_weight": 
 DENSE_MIN_TILE = 1024
 # Highest kept fraction at which gathering whole rows / columns beats the dense path.
 MAX_GATHER_DENSITY = 0.7
-
-_EMPTY = {}
-
-
-def _empty(dtype: torch.dtype) -> torch.Tensor:
-    t = _EMPTY.get(dtype)
-    if t is None:
-        t = _EMPTY[dtype] = torch.empty(0, dtype=dtype)
-    return t
 
 
 @functools.lru_cache(maxsize=None)
@@ -218,7 +209,7 @@ def _g_product(dy2d: torch.Tensor, x2d: torch.Tensor, acc: torch.dtype) -> torch
 
 
 def _mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    extension().ml_mm(a, b, _empty(out.dtype) if bias is None else bias, out, DENSE_MIN_TILE)
+    extension().ml_mm(a, b, empty_tensor(out.dtype) if bias is None else bias, out, DENSE_MIN_TILE)
     return out
 
 
@@ -249,7 +240,7 @@ def forward(x2d: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: O
         return out
     path, pd = _plan("forward", weight.shape, (bo, bi), mask, x2d.dtype)
     if path == "blocks":
-        b = _empty(acc) if bias is None else bias.detach().to(acc).contiguous()
+        b = empty_tensor(acc) if bias is None else bias.detach().to(acc).contiguous()
         extension().ml_forward(x2d, weight, mask, b, bo, bi, out)
         return out
     b = None if bias is None else bias.detach().to(pd).contiguous()
@@ -327,5 +318,5 @@ def grad_weight(dy2d: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, mas
         gw.index_copy_(1, idx, (gk * m.unsqueeze(0)).to(gw.dtype))
     else:
         g = _g_product(dy2d, x2d, acc)
-        extension().ml_grad_epilogue(g, weight, mask, bo, bi, gw, _empty(acc) if gm is None else gm)
+        extension().ml_grad_epilogue(g, weight, mask, bo, bi, gw, empty_tensor(acc) if gm is None else gm)
     return gw, gm
