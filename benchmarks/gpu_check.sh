@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine: environment, install, every test (GPU ones included), then the GPU benchmarks.
 #
-#     OUT=/some/dir bash benchmarks/gpu_check.sh [tests|bench|all|masked]
+#     OUT=/some/dir bash benchmarks/gpu_check.sh [tests|bench|all|masked|sweep]
 #
 # ``masked``: the masked-linear / block-sparse work alone, sized for one call of about 8 minutes: the GPU
 # benchmarks first (each checks its own outputs against float64 / float32 references), then the Triton tests of
@@ -25,6 +25,13 @@ PY=${PY:-python3}
 } 2>&1 | tee "$OUT/env.txt"
 
 $PY -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "Running pip as the 'root'" | tail -3
+
+if [[ $what == sweep ]]; then
+  # The block-skipping kernels' candidates (benchmarks/masked_linear_experiments.py) against the package's
+  # forward, and the crossovers with the package's tiles: about a minute.
+  timeout "${SWEEP_TIMEOUT:-200}" $PY benchmarks/masked_linear_sweep.py --no-tiles --experiments \
+    --densities ${SWEEP_DENSITIES:-0.1 0.2 1.0} --out "$OUT" 2>&1 | tee "$OUT/sweep.log" | grep -E "best|PARITY|Error"
+fi
 
 if [[ $what == masked ]]; then
   L="$OUT/masked.log"

@@ -2,7 +2,7 @@
 dense paths: the evidence behind the constants of ``bermo/kernels/masked_linear_triton.py`` (``MM_TILES``,
 ``LIST_IN_KERNEL_MAX``, ``J_FIRST``, ``DENSE_FROM``) and ``block_sparse_linear_triton.py`` (``TILES``).
 
-    python benchmarks/masked_linear_sweep.py [--tokens 4096] [--no-tiles] [--densities ...] [--out DIR]
+    python benchmarks/masked_linear_sweep.py [--tokens 4096] [--no-tiles] [--experiments] [--densities ...] [--out DIR]
 
 GPU only (bfloat16). Every time is the device time of one call replayed from a CUDA graph (``graph_ms``: 40
 calls captured in one graph, the median of 15 replays, divided by 40), so the host's launch cost is left out.
@@ -16,6 +16,9 @@ Steps, each on BERT-base shapes (768x768, 3072x768 FFN in, 768x3072 FFN out), 32
 4. with the chosen tiles, densities 0.05 to 1.0: block-skipping forward and input gradient, the dense path
    (``W * M`` then cuBLAS), dense ``F.linear`` and eager masked ``F.linear(x, W * M)``, and the parts of the
    weight gradient (cuBLAS product, epilogue, bias reduction): where the paths cross.
+
+``--experiments`` adds the candidate kernels of ``benchmarks/masked_linear_experiments.py`` (forward at 0.1, next
+to the package's kernel in the same run), unmeasured so far.
 
 The first recorded run (GPU_NOTES call 7) also timed two variants since removed from the kernel (the other
 program order, the mask value applied to the product instead of the weight tile: neither helped) and a
@@ -125,6 +128,8 @@ def main():
     parser.add_argument("--no-tiles", action="store_true",
                         help="skip steps 1-3: the crossovers with the modules' own tiles")
     parser.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
+    parser.add_argument("--experiments", action="store_true",
+                        help="time the candidate forward kernels of masked_linear_experiments.py too")
     add_output_args(parser)
     args = parser.parse_args()
     if DEV == "cuda" and not torch.cuda.is_available():
@@ -158,6 +163,20 @@ def main():
         r, best2 = sweep(f"{label} lists", [(best[0], False), (best[0], True)], sparse, run, want)
         rows += r
         chosen[label] = best2
+    if args.experiments:
+        import masked_linear_experiments as ex
+
+        sparse = sparse or {s: case(*s, 0.1, T) for s in SHAPES}
+
+        def candidate(c, cfg):
+            return ex.rows_per_program_forward(c["x"], c["w"], c["mask"], c["b"], BLOCK, *cfg)
+
+        rows += sweep("forward (package, for the candidates)", [chosen["forward"]], sparse, fwd, fwd_want)[0]
+        r, best_ex = sweep("forward candidates (rows per program, tokens, warps, stages, L1)", ex.CANDIDATES,
+                           sparse, candidate, fwd_want)
+        rows += r
+        chosen["forward candidate"] = best_ex
+
     def bsl(c, cfg):
         return bst.forward_with(c["x"], c["bsr"], c["b"], cfg)
 
