@@ -16,6 +16,11 @@ BACKENDS = [
                  marks=pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")),
 ]
 
+def block_shape_of(bs, N: int, K: int):
+    """A test's block shape with "N" / "K" standing for the whole output / input side (whole columns / rows)."""
+    return (N if bs[0] == "N" else bs[0], K if bs[1] == "K" else bs[1])
+
+
 # Relative tolerance of one rounding to each dtype (outputs and input gradients are computed in fp32 or fp64
 # and rounded once).
 RTOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 8e-3, torch.float16: 1e-3}
@@ -77,3 +82,13 @@ def assert_rounds_to_nearest(actual, exact, slack=0.05):
     big = exact.abs() >= 1e-2 * exact.abs().max()
     ratio = ((actual.detach().double().cpu() - exact).abs() / ulp)[big].max().item()
     assert ratio <= 0.5 + slack, f"an output is {ratio:.2f} ulp from the exact value: not rounded to nearest"
+
+
+def batch(B: int = 3, T: int = 9, vocab: int = 60, seed: int = 0):
+    """``(input_ids, attention_mask)`` of a small padded batch for the tiny test models (two rows padded)."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (B, T), generator=gen)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[0, 6:] = 0
+    mask[2, 4:] = 0
+    return ids, mask

@@ -10,19 +10,13 @@ import pytest
 import torch
 
 from conftest import HAS_NINJA, HAS_TRITON, TRITON_DEVICE
+from helpers import BACKENDS, block_shape_of, needs_cpu_kernels
 
 from bermo.errors import BackendUnavailableError
 from bermo.nn import BlockSparseLinear
 
 bsl = importlib.import_module("bermo.ops.block_sparse_linear")
 
-needs_cpu_kernels = pytest.mark.skipif(not HAS_NINJA, reason="ninja is not installed: the C++ kernels cannot build")
-BACKENDS = [
-    pytest.param("reference", "cpu", id="reference"),
-    pytest.param("cpu", "cpu", id="cpu", marks=needs_cpu_kernels),
-    pytest.param("triton", TRITON_DEVICE, id=f"triton-{TRITON_DEVICE}",
-                 marks=pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")),
-]
 # Relative to max |reference|: one rounding of the result for 16-bit, float32 accumulation over K terms.
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 3e-3}
 
@@ -113,10 +107,6 @@ def compare(got, want, dtype, label, names=("output", "grad x", "grad values", "
 BLOCKS = [(16, 16), (32, 32), (16, 32), (1, "K"), ("N", 1)]
 
 
-def _block(bs, N, K):
-    return (N if bs[0] == "N" else bs[0], K if bs[1] == "K" else bs[1])
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Parity with the dense formula
 # ----------------------------------------------------------------------------------------------------------
@@ -128,7 +118,7 @@ def test_parity(backend, device, dtype, block, density):
     if backend == "triton" and dtype == torch.float64:
         pytest.skip("the Triton kernel has no float64 path (refused; see test_triton_float64)")
     N, K = 64, 96
-    bs = _block(block, N, K)
+    bs = block_shape_of(block, N, K)
     index_dtype = torch.int32 if seed_of(bs, density) % 2 else torch.int64  # both index dtypes, spread over cases
     case = make_case(N, K, bs, density, dtype, index_dtype=index_dtype)
     label = f"{backend} {bs} {density} {dtype}: "

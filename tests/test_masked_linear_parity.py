@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import HAS_NINJA, HAS_TRITON, TRITON_DEVICE
+from helpers import block_shape_of
 
 ml = importlib.import_module("bermo.ops.masked_linear")  # bermo.ops exports a function of the same name
 
@@ -98,10 +99,6 @@ def check(backend, device, shape_x, N, K, block_shape, density, dtype, mask_kind
 BLOCKS = [(1, 1), (16, 16), (32, 32), (16, 32), (1, "K"), ("N", 1)]
 
 
-def _block(bs, N, K):
-    return (N if bs[0] == "N" else bs[0], K if bs[1] == "K" else bs[1])
-
-
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=str)
 @pytest.mark.parametrize("block", BLOCKS, ids=str)
@@ -110,7 +107,7 @@ def test_parity(backend, device, dtype, block, density):
     if backend == "triton" and dtype == torch.float64:
         pytest.skip("the Triton kernels have no float64 path (refused; see test_triton_refuses_float64)")
     N, K = 64, 96
-    bs = _block(block, N, K)
+    bs = block_shape_of(block, N, K)
     check(backend, device, (37,), N, K, bs, density, dtype, label=f"{bs} {density} {dtype}: ")
 
 
@@ -121,7 +118,7 @@ def test_float_mask_gradient(backend, device, dtype, block):
     N, K = 60, 96
     if block == (32, 32) or block == (16, 32):
         N = 64
-    bs = _block(block, N, K)
+    bs = block_shape_of(block, N, K)
     check(backend, device, (3, 11), N, K, bs, 0.5, dtype, mask_kind="float", label=f"{bs} {dtype}: ")
 
 

@@ -7,6 +7,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, BertModel
 
 from bermo.models import BermoConfig, BermoForSequenceClassification, BermoModel
+from helpers import batch  # noqa: F401  (re-exported: test_models_loading / _optim import it from here)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "..", "shared", "data")
@@ -17,15 +18,6 @@ def tiny_config(**kw):
                 max_position_embeddings=32, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     base.update(kw)
     return BermoConfig(**base)
-
-
-def batch(B=3, T=9, vocab=60, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, vocab, (B, T), generator=gen)
-    mask = torch.ones(B, T, dtype=torch.long)
-    mask[0, 6:] = 0
-    mask[2, 4:] = 0
-    return ids, mask
 
 
 def eager_mix(layers, scalars, gamma, mask=None, layer_norm=False):

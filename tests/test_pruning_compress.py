@@ -15,6 +15,7 @@ from bermo.nn import MaskedLinear
 from bermo.pruning import compressed_checkpoint as ckpt
 from bermo.pruning import compress, load_compressed
 from bermo.pruning.compression import default_crossover
+from helpers import batch
 
 BlockSparseLinear = ckpt._block_sparse_class()
 needs_block_sparse = pytest.mark.skipif(BlockSparseLinear is None, reason="bermo.nn.BlockSparseLinear not there yet")
@@ -33,15 +34,6 @@ def tiny_config(**kw):
                 mix_backend="reference")
     base.update(kw)
     return BermoConfig(**base)
-
-
-def batch(B=3, T=9, vocab=60, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, vocab, (B, T), generator=gen)
-    mask = torch.ones(B, T, dtype=torch.long)
-    mask[0, 6:] = 0
-    mask[2, 4:] = 0
-    return ids, mask
 
 
 def masked_model(seed=0, cls=BermoForSequenceClassification, block_shape=BLOCK, method="threshold",
