@@ -179,6 +179,7 @@ class MaskedLinear(nn.Linear):
         self.backend = backend
         self.density = density
         self.measured_density: Optional[float] = None  # the kept fraction last measured (kept_fraction)
+        self._path_hint: Optional[float] = None  # what forward passes as the GPU path hint (threshold methods)
         self.threshold = threshold
         if method in LEARNED_METHODS:
             self.scores = nn.Parameter(torch.empty(self.blocks_shape, dtype=torch.float32, device=device))
@@ -310,15 +311,31 @@ class MaskedLinear(nn.Linear):
             else:
                 m = self.block_mask()
             value = float((m != 0).float().mean()) if m is not None else float("nan")
-        self.measured_density = None if value != value else value
+        self.note_kept_fraction(value)
         return value
+
+    def note_kept_fraction(self, value: float) -> None:
+        """Record a measured kept fraction (``measured_density``). The threshold methods pass it to the op as
+        the GPU path hint, updated only when it would change the path: a module under ``torch.compile`` then
+        recompiles at those flips, not at every measurement."""
+        self.measured_density = None if value != value else float(value)
+        if self.measured_density is None:
+            return
+        try:
+            from ..kernels.masked_linear_triton import uses_dense_path
+        except ImportError:  # no Triton: the hint has no GPU path to choose
+            return
+        old = self._path_hint
+        if old is None or uses_dense_path(self.block_shape, old) != uses_dense_path(self.block_shape,
+                                                                                    self.measured_density):
+            self._path_hint = self.measured_density
 
     # -------------------------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # A host-side hint for the GPU kernels' choice of path (never a device sync): topK and magnitude know how
-        # many blocks they keep; the threshold methods pass the fraction last measured (kept_fraction, which the
-        # pruning Trainer calls at every log), None before any
-        hint = self._density if self._method in ("topK", "magnitude") else self.measured_density
+        # many blocks they keep; the threshold methods pass a fraction measured earlier (kept_fraction, which the
+        # pruning Trainer calls at every log; see note_kept_fraction), None before any
+        hint = self._density if self._method in ("topK", "magnitude") else self._path_hint
         return masked_linear(x, self.weight, self.block_mask(), self.bias, self.block_shape, backend=self.backend,
                              density=hint)
 

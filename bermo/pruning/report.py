@@ -29,7 +29,7 @@ def kept_fraction(model: nn.Module) -> float:
         bo, bi = module.block_shape
         blocks = _kept_blocks(module)
         n = int(blocks.sum())
-        module.measured_density = n / max(1, blocks.numel())  # the threshold methods' GPU path hint
+        module.note_kept_fraction(n / max(1, blocks.numel()))  # (the threshold methods' GPU path hint)
         kept += n * bo * bi
         total += module.weight.numel()
     if not total:
