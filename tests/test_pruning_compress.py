@@ -300,6 +300,13 @@ def test_crossover_table():
     assert default_crossover((32, 32), torch.bfloat16) == 0.0
     assert default_crossover((32, 32), torch.float16) <= 0.3
     assert default_crossover((32, 32), torch.float64) == 0.5
+    # on a CUDA GPU: the H100 table (16-bit), nothing but fully pruned layers in float32
+    cuda = torch.device("cuda")
+    assert default_crossover((32, 32), torch.bfloat16, cuda) == 0.1 == default_crossover((64, 64), torch.float16, cuda)
+    assert default_crossover((16, 16), torch.bfloat16, cuda) == 0.0
+    assert default_crossover((128, 128), torch.bfloat16, cuda) == 0.1  # nearest measured shape
+    assert default_crossover((32, 32), torch.float32, cuda) == 0.0
+    assert default_crossover((32, 32), torch.bfloat16, "cpu") == 0.0
 
 
 @needs_block_sparse
@@ -322,6 +329,26 @@ def test_default_rule_picks_by_density(dtype):
             kept = (module.weight.reshape(module.out_features // 16, 16, -1, 16) != 0).any(3).any(1).sum()
             assert blocks == 0 or kept / blocks > default_crossover(BLOCK, dtype)
     assert seen == ({"block_sparse", "dense"} if dtype == torch.float32 else {"dense"})
+
+
+@needs_block_sparse
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_default_rule_on_a_gpu_uses_the_gpu_table():
+    """A bfloat16 model on a CUDA GPU: 32x32-block layers at block density <= 0.1 become block-sparse (the GPU
+    table), denser ones dense; the compressed model still matches the masked one."""
+    model = masked_model(seed=61, block_shape=(32, 32), keep_prob=0.08, hidden_size=64, intermediate_size=128,
+                         num_attention_heads=2).to("cuda", torch.bfloat16)
+    ids, mask = (t.cuda() for t in batch())
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).logits.float()
+    compressed = compress(model)
+    with torch.no_grad():
+        got = compressed(input_ids=ids, attention_mask=mask).logits.float()
+    assert (got - want).abs().max().item() <= ATOL[torch.bfloat16]
+    for path, spec in compressed.config.compressed_layout["linears"].items():
+        if spec["form"] == "block_sparse":
+            assert compressed.bert.get_submodule(path).density <= 0.1
 
 
 @needs_block_sparse

@@ -27,16 +27,36 @@ DENSITY_CROSSOVER: Dict[Tuple[int, int], float] = {
     (1, 1): 0.0, (4, 4): 0.1, (8, 8): 0.1, (16, 16): 0.5, (32, 32): 0.5, (64, 64): 0.5, (32, 1): 0.3, (1, 32): 0.0,
 }
 FLOAT16_CAP = 0.3
+# On a CUDA GPU (16-bit weights), measured on an H100 (bfloat16, 4096 tokens, device time of CUDA-graph replays,
+# benchmarks/results/block_sparse_gpu_cuda-*.md): BlockSparseLinear / dense nn.Linear speedups, 768x768 /
+# 3072x768 / 768x3072, at block densities 0.05, 0.1, 0.5:
+#     16x16    1.04 1.10 0.99    0.68 0.72 0.58    0.19 0.18 0.13
+#     32x32    1.37 2.02 1.96    1.07 1.51 1.31    0.47 0.47 0.39
+#     64x64    1.54 1.97 2.60    1.27 1.58 1.56    0.52 0.65 0.46
+# Time grows about linearly with density, so 32x32 and 64x64 cross over near 0.12-0.19: 0.1 is the last measured
+# density that gains on every shape. float32 on a GPU (an ``ieee`` Triton product against cuBLAS) is not measured:
+# only fully pruned layers.
+GPU_DENSITY_CROSSOVER: Dict[Tuple[int, int], float] = {(16, 16): 0.0, (32, 32): 0.1, (64, 64): 0.1}
 
 
-def default_crossover(block_shape: Tuple[int, int], dtype: torch.dtype = torch.float32) -> float:
-    """The measured crossover density for a layer of ``dtype`` with ``block_shape`` blocks: it becomes
-    block-sparse when its block density is at or under this (so a fully pruned layer, density 0, always does)."""
+def _nearest(table: Dict[Tuple[int, int], float], block_shape: Tuple[int, int]) -> float:
+    lo, li = math.log2(block_shape[0]), math.log2(block_shape[1])
+    return min(table.items(),
+               key=lambda kv: (abs(math.log2(kv[0][0]) - lo) + abs(math.log2(kv[0][1]) - li), kv[1]))[1]
+
+
+def default_crossover(block_shape: Tuple[int, int], dtype: torch.dtype = torch.float32,
+                      device: Optional[torch.device] = None) -> float:
+    """The measured crossover density for a layer of ``dtype`` with ``block_shape`` blocks on ``device`` (the
+    CPU when not given): it becomes block-sparse when its block density is at or under this (so a fully pruned
+    layer, density 0, always does). ``DENSITY_CROSSOVER`` on a CPU, ``GPU_DENSITY_CROSSOVER`` on a CUDA GPU."""
+    if device is not None and torch.device(device).type == "cuda":
+        if dtype not in (torch.float16, torch.bfloat16):
+            return 0.0
+        return _nearest(GPU_DENSITY_CROSSOVER, block_shape)
     if dtype == torch.bfloat16:
         return 0.0
-    lo, li = math.log2(block_shape[0]), math.log2(block_shape[1])
-    nearest = min(DENSITY_CROSSOVER.items(),
-                  key=lambda kv: (abs(math.log2(kv[0][0]) - lo) + abs(math.log2(kv[0][1]) - li), kv[1]))[1]
+    nearest = _nearest(DENSITY_CROSSOVER, block_shape)
     return min(nearest, FLOAT16_CAP) if dtype == torch.float16 else nearest
 
 
@@ -233,7 +253,8 @@ def _final(p: _Pending, crossover: Optional[float], allow_block_sparse: bool) ->
     cls = ckpt._block_sparse_class()
     if compact is not None and cls is not None:
         density = float(compact.float().mean())
-        limit = default_crossover(p.block_shape, p.weight.dtype) if crossover is None else crossover
+        limit = default_crossover(p.block_shape, p.weight.dtype, p.weight.device) if crossover is None \
+            else crossover
         if density <= limit:
             bias = None if p.bias is None else p.bias.to(p.weight.dtype)
             module = cls.from_dense(p.weight, bias, p.block_shape, mask=compact)
@@ -338,8 +359,10 @@ def compress(model: nn.Module, crossover: Optional[float] = None) -> nn.Module:
         bfloat16, 1024 tokens, 768x3072, 32x32: 0.84 0.38 0.27 0.25 0.21 0.22 0.12
 
     Block-sparse time grows about linearly with density, with a step between 0.5 and 0.6 (16x16, 32x32) or 0.6
-    and 0.7 (64x64); dense time is flat. These are one CPU's numbers: on another machine, and on a GPU (not
-    measured here), time both and pass ``crossover``.
+    and 0.7 (64x64); dense time is flat. These are one CPU's numbers: on another machine, time both and pass
+    ``crossover``. On a CUDA GPU (the weights' device when ``compress`` runs) the rule is ``GPU_DENSITY_CROSSOVER``,
+    measured on an H100 in bfloat16: 0.1 for 32x32 and 64x64 blocks (1.1-2.6x dense at 0.05-0.1, 0.4-0.65x at
+    0.5), 0 for 16x16 (about even at 0.05) and for float32 weights (not measured).
 
     Pass ``crossover`` (a float) to override for every layer: 0 makes only fully pruned layers block-sparse, 1
     every blockwise layer, a negative value none.
