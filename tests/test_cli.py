@@ -94,8 +94,13 @@ def test_train_then_eval(tiny, tmp_path, arch, capsys):
     assert main(["eval", "--model", str(out / "model"), "--validation-file", tiny["dev"], "--max-length", "16",
                  "--output", str(out / "eval.json")]) == 0
     result = json.load(open(out / "eval.json"))
-    assert result["examples"] == 24 and result["tokens_per_second"] > 0
+    assert result["examples"] == 24 and result["tokens_per_second"] > 0 and result["dtype"] == "float32"
     assert result["accuracy"] == pytest.approx(s["final_dev"]["eval_accuracy"], abs=1e-9)
+    # in bfloat16: the same predictions up to rounding on this separable task
+    assert main(["eval", "--model", str(out / "model"), "--validation-file", tiny["dev"], "--max-length", "16",
+                 "--dtype", "bfloat16", "--output", str(out / "eval_bf16.json")]) == 0
+    half = json.load(open(out / "eval_bf16.json"))
+    assert half["dtype"] == "bfloat16" and abs(half["accuracy"] - result["accuracy"]) <= 2 / 24
 
 
 @pytest.mark.parametrize("arch", ["bert", "bermo"])
@@ -117,6 +122,11 @@ def test_train_pruned_and_compressed(tiny, tmp_path, arch):
     assert results["model"]["accuracy"] == pytest.approx(s["final_dev"]["eval_accuracy"], abs=1e-9)
     assert results["compressed"]["accuracy"] == pytest.approx(results["model"]["accuracy"], abs=1e-9)
     assert results["compressed"]["parameters"] < results["model"]["parameters"]
+    # the compressed model (block-sparse layers included) in bfloat16
+    assert main(["eval", "--model", str(out / "compressed"), "--validation-file", tiny["dev"], "--max-length", "16",
+                 "--dtype", "bfloat16", "--output", str(out / "compressed_bf16.json")]) == 0
+    half = json.load(open(out / "compressed_bf16.json"))
+    assert half["dtype"] == "bfloat16" and abs(half["accuracy"] - results["compressed"]["accuracy"]) <= 2 / 24
     from transformers import AutoModelForSequenceClassification
     baked = AutoModelForSequenceClassification.from_pretrained(out / "model")
     zeros = (baked.bert.encoder.layer[0].output.dense.weight == 0).float().mean().item()

@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-eval-samples", type=int, help="evaluate on the first N examples")
     parser.add_argument("--output", help="also write the metrics as JSON here")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when there is one)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="the model's weights and activations for inference (bfloat16 / float16: half the "
+                             "memory traffic on a GPU)")
 
 
 def load_classifier(path: str):
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as err:
         raise CommandError(f"--device {args.device}: {str(err).splitlines()[0]}") from err
-    model = load_classifier(args.model).to(device).eval()
+    model = load_classifier(args.model).to(device=device, dtype=getattr(torch, args.dtype)).eval()
     loader = DataLoader(split, batch_size=args.batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
     preds, labels, tokens = [], [], 0
     seconds = 0.0
@@ -114,11 +117,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
               "majority_share": float(np.bincount(y, minlength=data.num_labels).max() / len(y)),
               "model_seconds": round(seconds, 4), "examples_per_second": round(len(y) / seconds, 1),
               "tokens_per_second": round(tokens / seconds, 1), "batch_size": args.batch_size,
-              "device": str(device), "threads": torch.get_num_threads(),
+              "device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
               "parameters": sum(t.numel() for t in model.parameters())}
     print(f"bermo eval: {result['examples']} {args.split} examples of {data.source}: accuracy "
           f"{result['accuracy']:.4f}, f1 {result['f1']:.4f}; {result['examples_per_second']:.0f} examples/s, "
-          f"{result['tokens_per_second']:.0f} tokens/s (model time, batch {args.batch_size}, {device}); "
+          f"{result['tokens_per_second']:.0f} tokens/s (model time, batch {args.batch_size}, {device}, {args.dtype}); "
           f"{result['parameters']:,} parameters")
     if args.output:
         write_json(args.output, result)
