@@ -1,13 +1,15 @@
 """Triton kernels for the masked linear ``y = x @ (W * expand(M)).T + b`` and its backward.
 
 ``W`` is (N, K) = (out, in); ``M`` the compact block mask, one value per (bo, bi) block, shape (N // bo, K // bi).
-Two paths, chosen per call on the host (``uses_dense_path``) without looking at the mask's values (no sync):
+Two paths, chosen per call on the host (``masked_linear_paths.uses_dense_path``) without looking at the mask's
+values (no sync):
 
 * **Block-skipping** (block sides that 16, 32 or 64 divide, expected kept fraction below ``DENSE_FROM``):
-  ``kept_tiles_kernel`` lists each tile row's kept tiles on the device (a prefix sum over the row's mask
-  values: no host sync, no ``W * M``), then ``masked_mm_kernel`` computes ``C[m, j] = sum_t A[m, t] * (B *
-  M)[t, j] (+ bias[j])`` over the listed tiles only, B read through strides: the same kernel is the forward
-  (A = x, B = W^T) and the input gradient (A = dY, B = W). A pruned block's weights are never read.
+  ``masked_mm_kernel`` computes ``C[m, j] = sum_t A[m, t] * (B * M)[t, j] (+ bias[j])`` over the kept t-tiles
+  of its tile column only, B read through strides: the same kernel is the forward (A = x, B = W^T) and the
+  input gradient (A = dY, B = W). Each program lists its kept tiles itself (a prefix sum over its mask row, up
+  to 1024 tiles; past that ``kept_tiles_kernel`` lists them in one launch before): no host sync, no ``W * M``;
+  a pruned block's weights are never read.
 * **Dense** (masks no tile fits: (1, 1), whole rows or columns, odd sides; or a dense expected mask):
   ``masked_weight_kernel`` writes ``W * M`` in one pass and cuBLAS (ATen on a CPU) does the product. A tile
   of a (1, 1) or row mask is almost never all pruned, so skipping would save nothing there, and the vendor
@@ -35,6 +37,7 @@ import triton
 import triton.language as tl
 
 from .dtypes import check_interpreter_mode, triton_dtype, triton_interpreting
+from .masked_linear_paths import DENSE_FROM, SIDE_CHOICES, sparse_tile, uses_dense_path  # noqa: F401 (re-exported)
 
 
 @triton.jit
@@ -195,7 +198,6 @@ def grad_epilogue_kernel(g_ptr, w_ptr, mask_ptr, partial_ptr, dy_ptr, bias_parti
 # help. The products are bound by the L2 traffic of the x tiles each kept block re-reads (about 60 MB per FFN
 # layer at density 0.1), not by HBM; L2 eviction hints (x loads evict_last, output stores evict_first) gained 3-5%
 # on the FFN shapes (a later sweep, GPU_NOTES call 7).
-SIDE_CHOICES = (64, 32, 16)   # tile sides of the block-skipping products, largest first
 MM_TILES = {                   # (tokens per program, warps, pipeline stages) of the block-skipping products
     "16bit": (128, 4, 2),
     "float32": (32, 4, 2),     # an ``ieee`` product from registers: 128 x 64 float32 operands overflow them
@@ -205,27 +207,6 @@ EPILOGUE_TILE = 64             # (out, in) tile of the masked-weight and weight-
 GRANULES = (1, 16, 32, 64)     # block-sum granularities the epilogue is built for
 BIAS_CHUNKS = 16               # row chunks of the bias gradient's column sums in the epilogue launch
 LIST_CHUNK = 256               # t-tiles per step of kept_tiles_kernel
-# From this expected kept fraction on, block-aligned masks take the dense path: where forward + input gradient
-# of the block-skipping kernels stop beating W * M + cuBLAS (0.2 to 0.3 for the forward, 0.1 to 0.2 for the
-# input gradient of the FFN shapes; the attention shape crosses later).
-DENSE_FROM = 0.2
-
-
-def sparse_tile(block_shape: Tuple[int, int]) -> Optional[int]:
-    """The tile side of the block-skipping products: the largest of 64, 32, 16 dividing both block sides (each
-    tile then lies inside one mask block, so a pruned block is skipped whole), or None when none does ((1, 1)
-    masks, whole rows or columns, odd sides): those masks take the dense path."""
-    bo, bi = block_shape
-    return next((s for s in SIDE_CHOICES if bo % s == 0 and bi % s == 0), None)
-
-
-def uses_dense_path(block_shape: Tuple[int, int], density: Optional[float]) -> bool:
-    """Whether a call takes the dense path (``W * M`` materialised, then cuBLAS / ATen products) rather than the
-    block-skipping kernels: always for masks whose blocks no tile fits, and for block-aligned masks whose
-    expected kept fraction ``density`` (a host-side hint: ``MaskedLinear`` passes its own; ``None`` = unknown,
-    taken as sparse) is at least ``DENSE_FROM``, where the skipping kernels stop beating the dense product
-    (``benchmarks/results/masked_linear_sweep_*.md``). The hint never changes the result, only the kernels."""
-    return sparse_tile(block_shape) is None or (density is not None and density >= DENSE_FROM)
 
 
 def _bits(dtype: torch.dtype) -> str:
@@ -255,10 +236,6 @@ _INTERPRETED = triton_interpreting()
 
 def _dot_f32(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype == torch.bfloat16  # the interpreter's bf16 dot is broken
-
-
-def _warps(bm: int, bj: int) -> int:
-    return 4 if bm * bj <= 64 * 64 else 8
 
 
 @functools.lru_cache(maxsize=None)

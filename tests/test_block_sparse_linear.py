@@ -435,3 +435,19 @@ def test_module_errors():
         BlockSparseLinear(96, 64, (32, 32), layer.crow_indices, layer.col_indices + 3, layer.values)
     with pytest.raises(TypeError, match="x and values must share"):
         layer(torch.randn(2, 96, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_strided_bias(backend, device):
+    """A bias that is a strided view gives the contiguous bias's result (the kernels read it with unit stride)."""
+    gen = torch.Generator().manual_seed(3)
+    mask = torch.tensor([[True, False], [True, True]])
+    w = torch.randn(64, 64, generator=gen) * torch.kron(mask.float(), torch.ones(32, 32))
+    b = torch.randn(128, generator=gen, device="cpu").to(device)[::2]
+    x = torch.randn(5, 64, generator=gen).to(device)
+    layer = BlockSparseLinear.from_dense(w.to(device), b.contiguous(), (32, 32), mask=mask.to(device))
+    crow, col, values = layer.crow_indices, layer.col_indices, layer.values
+    assert not b.is_contiguous()
+    y = bsl.block_sparse_linear(x, crow, col, values, b, backend=backend)
+    want = x.double() @ w.double().to(device).T + b.double()
+    assert (y.double() - want).abs().max().item() <= 1e-4 * want.abs().max().item()

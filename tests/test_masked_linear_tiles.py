@@ -181,6 +181,20 @@ def test_bias_gradient_row_chunks(M, need_mask_grad):
     assert (gm is not None) == need_mask_grad
 
 
+@pytest.mark.parametrize("hint", [None, 1.0], ids=["block-skipping", "dense"])
+def test_non_contiguous_inputs_on_both_paths(hint):
+    """A strided bias, weight and x (views) give the contiguous result on either path."""
+    dtype = torch.float32
+    x, w, b, mask, dy = _case(33, 64, 96, (32, 32), 0.5, dtype, seed=14)
+    xs = torch.randn(33, 192, device=DEV)[:, ::2].copy_(x)
+    ws = torch.randn(96, 64, device=DEV).t().copy_(w)
+    bs = torch.randn(128, device=DEV)[::2].copy_(b)
+    assert not (xs.is_contiguous() or ws.is_contiguous() or bs.is_contiguous())
+    y = ml.masked_linear(xs, ws, mask.to(DEV), bs, (32, 32), backend="triton", density=hint)
+    want = _reference(x, w, b, mask, (32, 32), dy)[0]
+    _compare([y], [want], dtype, f"hint {hint}: ")
+
+
 def test_bias_not_requiring_grad():
     dtype = torch.float32
     x, w, b, mask, dy = _case(33, 64, 96, (32, 32), 0.5, dtype, seed=12)

@@ -352,6 +352,25 @@ def test_default_rule_on_a_gpu_uses_the_gpu_table():
 
 
 @needs_block_sparse
+def test_target_device_and_dtype_choose_the_table():
+    """compress(model, target_dtype=, target_device=) applies the crossover of where the model will run: a float32
+    CPU model compressed for a bfloat16 GPU keeps its 0.3-dense blocks dense (GPU table: 0.1), for the CPU in
+    float32 makes them block-sparse (CPU table: 0.5); the outputs match the masked model either way."""
+    forms = lambda m: {s["form"] for s in m.config.compressed_layout["linears"].values()}  # noqa: E731
+    for_gpu = compressed_matches(masked_model(seed=23, block_shape=(32, 32), keep_prob=0.3, hidden_size=64,
+                                              intermediate_size=128), torch.float32,
+                                 target_dtype=torch.bfloat16, target_device="cuda")
+    for_cpu = compressed_matches(masked_model(seed=23, block_shape=(32, 32), keep_prob=0.3, hidden_size=64,
+                                              intermediate_size=128), torch.float32)
+    kept = [s["nnz"] / ((s["shape"][0] // 32) * (s["shape"][1] // 32))
+            for s in for_cpu.config.compressed_layout["linears"].values() if s["form"] == "block_sparse"]
+    assert "block_sparse" in forms(for_cpu) and kept
+    gpu_sparse = [s for s in for_gpu.config.compressed_layout["linears"].values() if s["form"] == "block_sparse"]
+    assert all(s["nnz"] / ((s["shape"][0] // 32) * (s["shape"][1] // 32)) <= 0.1 for s in gpu_sparse)
+    assert len(gpu_sparse) < len(kept)
+
+
+@needs_block_sparse
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_crossover_forces_each_form(dtype):
     every = compressed_matches(masked_model(seed=19, keep_prob=0.5), dtype, crossover=1.0)

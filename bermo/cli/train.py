@@ -458,6 +458,8 @@ def finish(args, trainer, tokenizer, data, curve, final, result, agree, started,
     """Save the model (and compressed model), the summary and the plots (main process), print where they are."""
     import copy
 
+    import torch
+
     model = trainer.model
     model.eval()
     paths: Dict[str, str] = {}
@@ -490,7 +492,11 @@ def finish(args, trainer, tokenizer, data, curve, final, result, agree, started,
         with open(paths["sparsity"], "w") as f:
             f.write(str(report) + "\n")
         if args.compress:
-            compressed = compress(copy.deepcopy(model))
+            # the block-sparse crossover of where the model is meant to run (bermo.pruning.compress): on a GPU, the
+            # 16-bit table when trained in mixed precision; on a CPU, the float32 weights as saved
+            gpu = torch.cuda.is_available()
+            target = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision) if gpu else None
+            compressed = compress(copy.deepcopy(model), target_dtype=target, target_device="cuda" if gpu else "cpu")
             paths["compressed"] = os.path.join(args.output_dir, "compressed")
             compressed.save_pretrained(paths["compressed"])
             tokenizer.save_pretrained(paths["compressed"])

@@ -179,7 +179,7 @@ class MaskedLinear(nn.Linear):
         self.backend = backend
         self.density = density
         self.measured_density: Optional[float] = None  # the kept fraction last measured (kept_fraction)
-        self._path_hint: Optional[float] = None  # what forward passes as the GPU path hint (threshold methods)
+        self._path_hint: Optional[float] = None  # what forward passes as the GPU path hint (threshold, l0)
         self.threshold = threshold
         if method in LEARNED_METHODS:
             self.scores = nn.Parameter(torch.empty(self.blocks_shape, dtype=torch.float32, device=device))
@@ -304,7 +304,7 @@ class MaskedLinear(nn.Linear):
 
     def kept_fraction(self) -> float:
         """The fraction of weights the current mask keeps (nonzero); for ``l0`` that of the eval-mode mask.
-        Also kept as ``measured_density``, the GPU path's hint for the threshold methods (see ``forward``)."""
+        Also kept as ``measured_density``, the GPU path's hint for the threshold methods and ``l0``."""
         with torch.no_grad():
             if self._method == "l0":
                 m = l0_mask(self.scores, training=False) if self.scores is not None else None
@@ -315,16 +315,14 @@ class MaskedLinear(nn.Linear):
         return value
 
     def note_kept_fraction(self, value: float) -> None:
-        """Record a measured kept fraction (``measured_density``). The threshold methods pass it to the op as
-        the GPU path hint, updated only when it would change the path: a module under ``torch.compile`` then
-        recompiles at those flips, not at every measurement."""
+        """Record a measured kept fraction (``measured_density``). The threshold methods and ``l0`` pass it to the
+        op as the GPU path hint, updated only when it would change the path: a module under ``torch.compile``
+        then recompiles at those flips, not at every measurement."""
         self.measured_density = None if value != value else float(value)
         if self.measured_density is None:
             return
-        try:
-            from ..kernels.masked_linear_triton import uses_dense_path
-        except ImportError:  # no Triton: the hint has no GPU path to choose
-            return
+        from ..kernels.masked_linear_paths import uses_dense_path  # (plain Python: no Triton import)
+
         old = self._path_hint
         if old is None or uses_dense_path(self.block_shape, old) != uses_dense_path(self.block_shape,
                                                                                     self.measured_density):
@@ -333,8 +331,8 @@ class MaskedLinear(nn.Linear):
     # -------------------------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # A host-side hint for the GPU kernels' choice of path (never a device sync): topK and magnitude know how
-        # many blocks they keep; the threshold methods pass a fraction measured earlier (kept_fraction, which the
-        # pruning Trainer calls at every log; see note_kept_fraction), None before any
+        # many blocks they keep; the threshold methods and l0 pass a fraction measured earlier (kept_fraction,
+        # which the pruning Trainer calls at every log; see note_kept_fraction), None before any
         hint = self._density if self._method in ("topK", "magnitude") else self._path_hint
         return masked_linear(x, self.weight, self.block_mask(), self.bias, self.block_shape, backend=self.backend,
                              density=hint)

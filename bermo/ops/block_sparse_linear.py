@@ -209,7 +209,7 @@ class BlockSparseLinearFunction(torch.autograd.Function):
         x2d = x.reshape(-1, x.shape[-1])
         if not x2d.is_contiguous():
             x2d = x2d.contiguous()
-        b = x.new_empty(0) if bias is None else bias
+        b = x.new_empty(0) if bias is None else bias.contiguous()  # (the kernels read it with unit stride)
         y = _ops().forward(x2d, crow_indices, col_indices, values.contiguous(), b, out_features, backend)
         ctx.save_for_backward(x2d, crow_indices, col_indices, values)
         ctx.out_features, ctx.x_shape, ctx.has_bias = out_features, x.shape, bias is not None

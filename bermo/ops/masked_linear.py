@@ -5,7 +5,8 @@ ops around the kernels and the autograd Function.
 ``expand`` repeats each value over its block. It is bool (a fixed pattern) or float (learned or L0 masks,
 values in [0, 1]). With ``G = dY^T X`` (out, in), the gradients are
 
-* ``grad x = dY @ (weight * expand(mask))``: zero mask blocks skipped, as in the forward;
+* ``grad x = dY @ (weight * expand(mask))``: zero mask blocks skipped where the forward skips them (the
+  block-skipping GPU kernels, the C++ kernels below their density crossover);
 * ``grad weight = G * expand(mask)``;
 * ``grad mask = blocksum(G * weight)`` (float masks only): the straight-through score gradient of movement
   pruning needs ``G`` at pruned weights too, so ``G`` stays dense there; when the mask needs no gradient the
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 
 from .. import backends
 from ..kernels.dtypes import SUPPORTED_DTYPES, acc_dtype
+from ..kernels.masked_linear_paths import uses_dense_path
 from .autocast import autocast_inputs
 from .custom_ops import CustomOps
 
@@ -174,7 +176,7 @@ class MaskedLinearFunction(torch.autograd.Function):
         if not x2d.is_contiguous():
             x2d = x2d.contiguous()
         w = weight.contiguous()
-        b = x.new_empty(0) if bias is None else bias
+        b = x.new_empty(0) if bias is None else bias.contiguous()  # (the kernels read it with unit stride)
         y = _ops().forward(x2d, w, kmask, b, list(block_shape), dense, backend)
         ctx.save_for_backward(x2d, w, kmask)
         ctx.block_shape, ctx.backend, ctx.x_shape, ctx.dense = tuple(block_shape), backend, x.shape, dense
@@ -217,12 +219,13 @@ def masked_linear(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bia
     ``weight``, shape ``(out // bo, in // bi)``: ``(1, 1)`` one per weight, ``(1, in)`` whole output rows,
     ``(out, 1)`` whole input columns. ``mask`` is bool or float (gradients reach a float mask:
     ``blocksum(dY^T X * weight)``). ``x`` is ``(..., in)``; float32, bfloat16, float16 (float32 accumulation),
-    float64 on the ``cpu`` and ``reference`` backends. Pruned blocks are skipped by the kernels.
+    float64 on the ``cpu`` and ``reference`` backends. Pruned blocks are skipped by the block-skipping kernels
+    (sparse block-aligned masks; others take ``W * M`` and a dense product, measured faster there).
 
     ``density``: the fraction of mask blocks expected to be nonzero, if the caller knows it (``MaskedLinear``
-    passes its own for ``topK`` and ``magnitude``). A hint for the GPU path only, read on the host so the call
-    never waits for the device: near-dense masks then go to cuBLAS (see
-    ``bermo.kernels.masked_linear_triton.uses_dense_path``). It never changes the result.
+    passes its own for ``topK`` and ``magnitude``, a measured one for the threshold methods and ``l0``). A hint
+    for the GPU path only, read on the host so the call never waits for the device: near-dense masks then go to
+    cuBLAS (``bermo.kernels.masked_linear_paths``). The paths agree up to rounding for finite weights.
 
     Under ``torch.autocast`` x, weight and bias are cast as ``F.linear`` casts them (``bermo.ops.autocast``)."""
     if isinstance(x, torch.Tensor):
@@ -234,8 +237,5 @@ def masked_linear(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bia
     name = backends.resolve_no_float64_triton(backend, x, OP_NAME)
     if name == "reference":
         return reference_masked_linear(x, weight, mask, bias, (bo, bi))
-    dense = False
-    if name == "triton":
-        from ..kernels.masked_linear_triton import uses_dense_path
-        dense = uses_dense_path((bo, bi), density)
+    dense = name == "triton" and uses_dense_path((bo, bi), density)
     return MaskedLinearFunction.apply(x, weight, mask, bias, (bo, bi), name, dense)

@@ -245,7 +245,8 @@ def _dense(p: _Pending) -> nn.Linear:
     return layer
 
 
-def _final(p: _Pending, crossover: Optional[float], allow_block_sparse: bool) -> Tuple[nn.Module, dict]:
+def _final(p: _Pending, crossover: Optional[float], allow_block_sparse: bool,
+           target: Tuple) -> Tuple[nn.Module, dict]:
     """The module for a pending layer, and its layout entry."""
     out_f, in_f = p.weight.shape
     spec = {"form": "dense", "shape": [int(out_f), int(in_f)], "bias": p.bias is not None}
@@ -253,8 +254,9 @@ def _final(p: _Pending, crossover: Optional[float], allow_block_sparse: bool) ->
     cls = ckpt._block_sparse_class()
     if compact is not None and cls is not None:
         density = float(compact.float().mean())
-        limit = default_crossover(p.block_shape, p.weight.dtype, p.weight.device) if crossover is None \
-            else crossover
+        dtype, device = target
+        limit = default_crossover(p.block_shape, dtype or p.weight.dtype, device or p.weight.device) \
+            if crossover is None else crossover
         if density <= limit:
             bias = None if p.bias is None else p.bias.to(p.weight.dtype)
             module = cls.from_dense(p.weight, bias, p.block_shape, mask=compact)
@@ -297,7 +299,8 @@ def _base_model(model: nn.Module) -> Tuple[Optional[nn.Module], str]:
     return None, ""
 
 
-def compress(model: nn.Module, crossover: Optional[float] = None) -> nn.Module:
+def compress(model: nn.Module, crossover: Optional[float] = None, target_dtype: Optional[torch.dtype] = None,
+             target_device=None) -> nn.Module:
     """Turn every ``MaskedLinear`` of ``model`` (in place) into its fastest exact inference form and return the
     model. In eval mode the compressed model computes what the masked one did (up to float rounding: the
     constants folded into biases are computed in float32). Masks are taken in eval mode (``l0`` draws none).
@@ -360,9 +363,11 @@ def compress(model: nn.Module, crossover: Optional[float] = None) -> nn.Module:
 
     Block-sparse time grows about linearly with density, with a step between 0.5 and 0.6 (16x16, 32x32) or 0.6
     and 0.7 (64x64); dense time is flat. These are one CPU's numbers: on another machine, time both and pass
-    ``crossover``. On a CUDA GPU (the weights' device when ``compress`` runs) the rule is ``GPU_DENSITY_CROSSOVER``,
-    measured on an H100 in bfloat16: 0.1 for 32x32 and 64x64 blocks (1.1-2.6x dense at 0.05-0.1, 0.4-0.65x at
-    0.5), 0 for 16x16 (about even at 0.05) and for float32 weights (not measured).
+    ``crossover``. For a CUDA GPU the rule is ``GPU_DENSITY_CROSSOVER``, measured on an H100 in bfloat16: 0.1 for
+    32x32 and 64x64 blocks (1.1-2.6x dense at 0.05-0.1, 0.4-0.65x at 0.5), 0 for 16x16 (about even at 0.05) and
+    for float32 weights (not measured). The table is chosen by where and in what dtype the compressed model will
+    run: ``target_device`` and ``target_dtype``, by default the weights' own device and dtype as ``compress``
+    finds them (``bermo train --compress`` passes the training device and its ``--precision``).
 
     Pass ``crossover`` (a float) to override for every layer: 0 makes only fully pruned layers block-sparse, 1
     every blockwise layer, a negative value none.
@@ -417,7 +422,7 @@ def compress(model: nn.Module, crossover: Optional[float] = None) -> nn.Module:
             continue
         in_base = base is not None and path.startswith(prefix)
         allow_block_sparse = base is None or in_base
-        module, spec = _final(p, crossover, allow_block_sparse)
+        module, spec = _final(p, crossover, allow_block_sparse, (target_dtype, target_device))
         model.set_submodule(path, module)
         if in_base:
             linears[path[len(prefix):]] = spec
