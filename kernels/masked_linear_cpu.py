@@ -77,7 +77,7 @@ MAX_BLOCK_DENSITY = {"forward": 0.6, "grad_input": 0.6, "grad_weight": 0.5}
 # ml_mm_bf16). Those products are 5-6x faster than float32's; the block kernels compute in float32.
 MAX_BLOCK_DENSITY_AMX_BF16 = {"forward": 0.1, "grad_input": 0.1, "grad_weight": 0.07}
 # The dense products are cut along one output dimension into an even number of tiles at least this wide (two
-# halves of a dimension up to twice as long), each one single-threaded BLAS call: thread-count-independent
+# halves of a dimension from 256 up to twice as long), each one single-threaded BLAS call: thread-count-independent
 # results (see ml_mm in the C++ source).
 DENSE_MIN_TILE = 1024
 # Highest kept fraction at which gathering whole rows / columns beats the dense path.

@@ -499,7 +499,7 @@ struct SequentialBlas {
 // by one single-threaded BLAS call, so the result does not depend on the thread count. One output dimension is
 // cut, the one whose tiles share the smaller operand (row tiles all read b, column tiles all read a, and each
 // call packs what it reads), into an even number of tiles at least min_tile wide, or two halves when it is
-// between min_tile and twice that, or not at all when shorter. Fewer, larger tiles are faster: on the 1024-token
+// shorter than twice that but at least kMinHalf (256), or not at all when shorter still. Fewer, larger tiles are faster: on the 1024-token
 // FFN products on two threads, 1024-wide tiles matched MKL's own threading (13.9 vs 14.5 ms forward, 3072 x 768)
 // where 512-wide ones were 4% slower. a and b may be any strided views; out is contiguous; bias is C values or
 // empty.
@@ -513,7 +513,10 @@ void ml_mm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias, at:
   const int64_t dim = split_rows ? R : C;
   min_tile = std::max<int64_t>(1, min_tile);
   int64_t n = dim / min_tile;
-  if (n == 1) n = 2;
+  // a dimension under twice min_tile is halved when it is at least kMinHalf long: a 768 x 768 weight gradient
+  // (the attention layers' G = dY^T X) in one call left the second core idle (0.75x eager on the train step)
+  constexpr int64_t kMinHalf = 256;
+  if (n <= 1) n = dim >= kMinHalf ? 2 : 1;
   n = std::max<int64_t>(1, n - n % 2);
   const int64_t nr = split_rows ? n : 1, nc = split_rows ? 1 : n;
   const bool has_bias = bias.numel() > 0;
