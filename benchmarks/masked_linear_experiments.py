@@ -16,7 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from bermo.kernels.masked_linear_triton import _dot, _dot_f32, sparse_tile
+from bermo.kernels.masked_linear_paths import sparse_tile
+from bermo.kernels.masked_linear_triton import _dot, _dot_f32
 
 
 @triton.jit

@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from .dtypes import check_interpreter_mode, triton_dtype, triton_interpreting
-from .masked_linear_paths import DENSE_FROM, SIDE_CHOICES, sparse_tile, uses_dense_path  # noqa: F401 (re-exported)
+from .masked_linear_paths import SIDE_CHOICES, sparse_tile
 
 
 @triton.jit
@@ -134,6 +134,12 @@ def masked_mm_kernel(a_ptr, w_ptr, mask_ptr, bias_ptr, c_ptr, lists_ptr,
 
 
 @triton.jit
+def _expanded_mask(mask_ptr, rn, rk, ok, block_n, block_k, mask_cols):
+    """The compact mask expanded over the (rn, rk) tile of the weight (float32, 0 outside ``ok``)."""
+    return tl.load(mask_ptr + (rn // block_n)[:, None] * mask_cols + (rk // block_k)[None, :], mask=ok, other=0.0)
+
+
+@triton.jit
 def masked_weight_kernel(w_ptr, mask_ptr, out_ptr, N, K, block_n, block_k, mask_cols,
                          BN: tl.constexpr, BK: tl.constexpr):
     """``out = W * expand(M)`` in W's dtype, one (BN, BK) tile per program (the mask gathered per element)."""
@@ -141,7 +147,7 @@ def masked_weight_kernel(w_ptr, mask_ptr, out_ptr, N, K, block_n, block_k, mask_
     rk = tl.program_id(1).to(tl.int64) * BK + tl.arange(0, BK)
     ok = (rn < N)[:, None] & (rk < K)[None, :]
     w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=ok, other=0.0)
-    m = tl.load(mask_ptr + (rn // block_n)[:, None] * mask_cols + (rk // block_k)[None, :], mask=ok, other=0.0)
+    m = _expanded_mask(mask_ptr, rn, rk, ok, block_n, block_k, mask_cols)
     tl.store(out_ptr + rn[:, None] * K + rk[None, :], (w.to(tl.float32) * m).to(w.dtype), mask=ok)
 
 
@@ -174,7 +180,7 @@ def grad_epilogue_kernel(g_ptr, w_ptr, mask_ptr, partial_ptr, dy_ptr, bias_parti
         rk = pid_k.to(tl.int64) * BK + tl.arange(0, BK)
         ok = (rn < N)[:, None] & (rk < K)[None, :]
         g = tl.load(g_ptr + rn[:, None] * K + rk[None, :], mask=ok, other=0.0)
-        m = tl.load(mask_ptr + (rn // block_n)[:, None] * mask_cols + (rk // block_k)[None, :], mask=ok, other=0.0)
+        m = _expanded_mask(mask_ptr, rn, rk, ok, block_n, block_k, mask_cols)
         gf = g.to(tl.float32)
         tl.store(g_ptr + rn[:, None] * K + rk[None, :], (gf * m).to(g.dtype), mask=ok)
         if NEED_MASK_GRAD:
@@ -335,6 +341,8 @@ def grad_input(dy2d: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, blo
                dense: bool) -> torch.Tensor:
     if dense:
         _check(dy2d)
+        # W * M again rather than saved by the forward: one weight-sized pass (~3-5 us for a BERT-base FFN weight
+        # on an H100) instead of a weight-sized tensor kept alive per layer between forward and backward
         return torch.mm(dy2d, masked_weight(weight, mask, block_shape))
     return sparse_mm(dy2d, weight, mask, None, block_shape, transpose=True)
 

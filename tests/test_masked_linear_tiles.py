@@ -87,12 +87,13 @@ def test_kept_tile_lists(block, tile, transpose):
 
 
 def test_path_choice():
-    tri = _tri()
-    assert [tri.sparse_tile(b) for b in [(32, 32), (16, 64), (64, 128), (48, 48), (1, 1), (1, 768), (20, 12)]] == \
-        [32, 16, 64, 16, None, None, None]
-    assert not tri.uses_dense_path((32, 32), None) and not tri.uses_dense_path((32, 32), tri.DENSE_FROM / 2)
-    assert tri.uses_dense_path((32, 32), tri.DENSE_FROM) and tri.uses_dense_path((32, 32), 1.0)
-    assert tri.uses_dense_path((1, 1), None) and tri.uses_dense_path((1, 768), 0.1)
+    from bermo.kernels import masked_linear_paths as paths
+
+    assert [paths.sparse_tile(b) for b in [(32, 32), (16, 64), (64, 128), (48, 48), (1, 1), (1, 768), (20, 12)]] \
+        == [32, 16, 64, 16, None, None, None]
+    assert not paths.uses_dense_path((32, 32), None) and not paths.uses_dense_path((32, 32), paths.DENSE_FROM / 2)
+    assert paths.uses_dense_path((32, 32), paths.DENSE_FROM) and paths.uses_dense_path((32, 32), 1.0)
+    assert paths.uses_dense_path((1, 1), None) and paths.uses_dense_path((1, 768), 0.1)
     x, w, m = torch.randn(3, 64), torch.randn(32, 64), torch.ones(1, 2)
     for bad in (1.5, -0.1, "dense", float("nan")):
         with pytest.raises(ValueError, match="density"):

@@ -245,8 +245,8 @@ def _dense(p: _Pending) -> nn.Linear:
     return layer
 
 
-def _final(p: _Pending, crossover: Optional[float], allow_block_sparse: bool,
-           target: Tuple) -> Tuple[nn.Module, dict]:
+def _final(p: _Pending, crossover: Optional[float], allow_block_sparse: bool, target_dtype: Optional[torch.dtype],
+           target_device) -> Tuple[nn.Module, dict]:
     """The module for a pending layer, and its layout entry."""
     out_f, in_f = p.weight.shape
     spec = {"form": "dense", "shape": [int(out_f), int(in_f)], "bias": p.bias is not None}
@@ -254,8 +254,7 @@ def _final(p: _Pending, crossover: Optional[float], allow_block_sparse: bool,
     cls = ckpt._block_sparse_class()
     if compact is not None and cls is not None:
         density = float(compact.float().mean())
-        dtype, device = target
-        limit = default_crossover(p.block_shape, dtype or p.weight.dtype, device or p.weight.device) \
+        limit = default_crossover(p.block_shape, target_dtype or p.weight.dtype, target_device or p.weight.device) \
             if crossover is None else crossover
         if density <= limit:
             bias = None if p.bias is None else p.bias.to(p.weight.dtype)
@@ -422,7 +421,7 @@ def compress(model: nn.Module, crossover: Optional[float] = None, target_dtype: 
             continue
         in_base = base is not None and path.startswith(prefix)
         allow_block_sparse = base is None or in_base
-        module, spec = _final(p, crossover, allow_block_sparse, (target_dtype, target_device))
+        module, spec = _final(p, crossover, allow_block_sparse, target_dtype, target_device)
         model.set_submodule(path, module)
         if in_base:
             linears[path[len(prefix):]] = spec
