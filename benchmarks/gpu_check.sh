@@ -28,8 +28,8 @@ $PY -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "Runnin
 
 if [[ $what == sweep ]]; then
   # The block-skipping kernels' candidates (benchmarks/masked_linear_experiments.py) against the package's
-  # forward, and the crossovers with the package's tiles: about a minute.
-  timeout "${SWEEP_TIMEOUT:-200}" $PY benchmarks/masked_linear_sweep.py --no-tiles --experiments \
+  # forward and BlockSparseLinear kernels, and the crossovers with the package's tiles: two to four minutes.
+  timeout "${SWEEP_TIMEOUT:-300}" $PY benchmarks/masked_linear_sweep.py --no-tiles --experiments \
     --densities ${SWEEP_DENSITIES:-0.1 0.2 1.0} --out "$OUT" 2>&1 | tee "$OUT/sweep.log" | grep -E "best|PARITY|Error"
 fi
 

@@ -9,6 +9,18 @@ after the other, with the activation tiles read through L1 (``cache_modifier=".c
 the same columns' worth of activations between them (at density 0.1, 24 rows of a 768-wide layer keep ~22 of its
 24 block columns), so after the first row most re-reads can hit L1 instead of L2. It pays with fewer programs
 (less latency hiding) and short per-row loops; only a measurement settles it.
+
+``flat_rows_kernel`` goes further: one long, software-pipelined loop per program over every kept block of its
+R block rows (a flat list, row after row), the accumulator stored and reset at the last block of each row, with
+the activation tiles read through L1. The package's programs have 2.4 (FFN in) or 9.6 (FFN out) iterations at
+density 0.1, too few for the pipeline to hide the L2 latency; here a program has ~R times as many, so fewer,
+longer programs: with 64-token tiles and R ~ half the block rows, ~128 programs (one per multiprocessor) each keep
+their token tile's activations in L1 (96 KB for a 768-wide input), and the L2 traffic becomes the weight tiles
+(~30 MB per FFN-in layer) instead of the activation tiles (~60 MB). The flat list (block-row pointers per group,
+and per entry: tile column, tile row, mask value, last-of-its-row flag; a row with nothing kept gets one entry
+with value 0, which stores its bias) is built here by the host; the same kernel serves BlockSparseLinear
+(``VALUES``: weight tiles from the BSR values, whose order the list follows), where the list is fixed at
+compression time. If it wins, the package builds the list on the device (a prefix sum over the mask's counts).
 """
 from __future__ import annotations
 
@@ -78,6 +90,116 @@ def rows_per_program_forward(x2d: torch.Tensor, weight: torch.Tensor, mask: torc
                                   num_warps=warps, num_stages=stages)
     return y
 
+
+@triton.jit
+def flat_rows_kernel(a_ptr, w_ptr, bias_ptr, c_ptr, gptr_ptr, ft_ptr, fr_ptr, fs_ptr, fl_ptr, M, N, K,
+                     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr, CACHE_L1: tl.constexpr,
+                     VALUES: tl.constexpr, BRANCH: tl.constexpr, BM: tl.constexpr, BS: tl.constexpr):
+    """Forward ``C = A @ (W * M)^T (+ bias)``: program (m, g) walks entries ``gptr[g] .. gptr[g + 1]`` of the flat
+    list for token tile m. Entry e: the (BS, BS) weight tile at tile row ``fr[e]`` and tile column ``ft[e]`` (or,
+    with ``VALUES``, the e-th (BS, BS) block of ``w``, BSR values in list order), scaled by ``fs[e]``; when
+    ``fl[e]`` the row is complete: bias added, stored, accumulator reset (``BRANCH``: in an ``if``; otherwise a
+    predicated store and a select, no branch in the pipelined loop)."""
+    pid_m = tl.program_id(0)
+    pid_g = tl.program_id(1)
+    dtype = c_ptr.dtype.element_ty
+    rm = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
+    m_ok = rm < M
+    rs = tl.arange(0, BS)
+    start = tl.load(gptr_ptr + pid_g)
+    end = tl.load(gptr_ptr + pid_g + 1)
+    acc = tl.zeros([BM, BS], dtype=tl.float32)
+    v_off = start.to(tl.int64) * (BS * BS)  # entry e's block in values (VALUES)
+    for e in range(start, end):
+        tt = tl.load(ft_ptr + e).to(tl.int64)
+        jt = tl.load(fr_ptr + e).to(tl.int64)
+        scale = tl.load(fs_ptr + e)
+        last = tl.load(fl_ptr + e)
+        rt = tt * BS + rs
+        rj = jt * BS + rs
+        if CACHE_L1:
+            a = tl.load(a_ptr + rm[:, None] * K + rt[None, :], mask=m_ok[:, None], other=0.0, cache_modifier=".ca")
+        else:
+            a = tl.load(a_ptr + rm[:, None] * K + rt[None, :], mask=m_ok[:, None], other=0.0,
+                        eviction_policy="evict_last")
+        if VALUES:  # values[e, n, k]: B[k, n]
+            b = tl.load(w_ptr + v_off + rs[None, :] * BS + rs[:, None])
+            v_off += BS * BS
+        else:       # B[t, j] = W[j, t]
+            b = tl.load(w_ptr + rj[None, :] * K + rt[:, None])
+        b = (b.to(tl.float32) * scale).to(b.dtype)
+        acc = _dot(a, b, acc, IEEE, DOT_F32)
+        if BRANCH:
+            if last != 0:
+                out = acc
+                if HAS_BIAS:
+                    out += tl.load(bias_ptr + rj).to(tl.float32)[None, :]
+                tl.store(c_ptr + rm[:, None] * N + rj[None, :], out.to(dtype), mask=m_ok[:, None],
+                         eviction_policy="evict_first")
+                acc = tl.zeros([BM, BS], dtype=tl.float32)
+        else:
+            is_last = (tl.zeros([BM], dtype=tl.int32) + last) != 0  # as a vector: the interpreter's masks must be
+            out = acc
+            if HAS_BIAS:
+                out += tl.load(bias_ptr + rj).to(tl.float32)[None, :]
+            tl.store(c_ptr + rm[:, None] * N + rj[None, :], out.to(dtype), mask=(m_ok & is_last)[:, None],
+                     eviction_policy="evict_first")
+            acc = tl.where(is_last[:, None], 0.0, acc)
+
+
+def flat_lists(mask: torch.Tensor, block_shape, rows: int, side: int = 32):
+    """``(gptr, ft, fr, fs, fl, value_index)`` for ``flat_rows_kernel``: groups of ``rows`` tile rows, each
+    row's kept tiles in increasing order (a row with none: one entry of value 0), from the compact float mask.
+    ``value_index[e]``: entry e's block in the row-major list of kept blocks (BSR order; 0 for a row's
+    placeholder entry). Host-built (a sync): an experiment's list, not the package's."""
+    bo, bi = block_shape
+    tiles = mask.float().repeat_interleave(bo // side, 0).repeat_interleave(bi // side, 1)
+    keep = tiles != 0
+    empty = ~keep.any(1)
+    sel = keep.clone()
+    sel[empty, 0] = True
+    fr, ft = sel.nonzero(as_tuple=True)
+    fs = tiles[fr, ft].float().contiguous()
+    fl = torch.ones_like(fr, dtype=torch.int32)
+    fl[:-1] = (fr[1:] != fr[:-1]).to(torch.int32)
+    counts = sel.sum(1)
+    row_ptr = torch.zeros(tiles.shape[0] + 1, dtype=torch.int64, device=mask.device)
+    row_ptr[1:] = counts.cumsum(0)
+    gptr = row_ptr[::rows]
+    if gptr.numel() == 0 or gptr[-1].item() != row_ptr[-1].item():
+        gptr = torch.cat([gptr, row_ptr[-1:]])
+    value_index = (keep.flatten().cumsum(0) - 1).view_as(keep)[fr, ft].clamp_min(0)
+    return (gptr.to(torch.int32), ft.to(torch.int32), fr.to(torch.int32), fs, fl, value_index)
+
+
+def flat_rows_forward(x2d: torch.Tensor, weight: torch.Tensor, lists, bias, rows: int, bm: int = 64,
+                      warps: int = 4, stages: int = 3, cache_l1: bool = True, branch: bool = False,
+                      values: torch.Tensor = None, side: int = 32) -> torch.Tensor:
+    """``x2d @ (W * M).T + bias`` by ``flat_rows_kernel`` over ``lists = flat_lists(mask, ..., rows)``; with
+    ``values`` (``list_values``: one (side, side) block per list entry), the weight tiles come from them."""
+    gptr, ft, fr, fs, fl, value_index = lists
+    N, K = weight.shape
+    M = x2d.shape[0]
+    y = torch.empty((M, N), dtype=x2d.dtype, device=x2d.device)
+    w = weight if values is None else values
+    grid = (triton.cdiv(M, bm), gptr.numel() - 1)
+    flat_rows_kernel[grid](x2d, w, bias if bias is not None else y, y, gptr, ft, fr, fs, fl, M, N, K,
+                           HAS_BIAS=bias is not None, IEEE=x2d.dtype == torch.float32, DOT_F32=_dot_f32(x2d),
+                           CACHE_L1=cache_l1, VALUES=values is not None, BRANCH=branch, BM=bm, BS=side,
+                           num_warps=warps, num_stages=stages)
+    return y
+
+
+def list_values(bsr_values: torch.Tensor, lists) -> torch.Tensor:
+    """BSR values (kept blocks, row-major) in the flat list's order, a zero-scaled copy of block 0 for each
+    placeholder: what BlockSparseLinear would store at compression time."""
+    return bsr_values[lists[5].long()].contiguous()
+
+
+# (rows per program, tokens per program, warps, stages, activations through L1, branch) for the sweep
+FLAT_CANDIDATES = [(r, bm, 4, st, l1, br) for r in (8, 24, 48) for bm in (64, 128) for st in (2, 3)
+                   for l1 in (True, False) for br in (False, True) if not (br and (st == 2 or not l1))]
+FLAT_BSL_CANDIDATES = [(r, bm, 4, 3, True, False) for r in (8, 24, 48) for bm in (64, 128)]
 
 # (rows per program, tokens per program, warps, stages, activations through L1) for the sweep
 CANDIDATES = [(r, bm, 4, 2, l1) for r in (1, 4, 8, 24) for bm in (64, 128) for l1 in (True, False)

@@ -17,8 +17,8 @@ Steps, each on BERT-base shapes (768x768, 3072x768 FFN in, 768x3072 FFN out), 32
    (``W * M`` then cuBLAS), dense ``F.linear`` and eager masked ``F.linear(x, W * M)``, and the parts of the
    weight gradient (cuBLAS product, epilogue, bias reduction): where the paths cross.
 
-``--experiments`` adds the candidate kernels of ``benchmarks/masked_linear_experiments.py`` (forward at 0.1, next
-to the package's kernel in the same run), unmeasured so far.
+``--experiments`` adds the candidate kernels of ``benchmarks/masked_linear_experiments.py`` (forward and
+BlockSparseLinear at 0.1, next to the package's kernels in the same run), unmeasured so far.
 
 The first recorded run (GPU_NOTES call 7) also timed two variants since removed from the kernel (the other
 program order, the mask value applied to the product instead of the weight tile: neither helped) and a
@@ -152,6 +152,9 @@ def main():
     def dgrad_want(c):
         return c["dy"].float() @ c["wm"].float()
 
+    def bsl(c, cfg):
+        return bst.forward_with(c["x"], c["bsr"], c["b"], cfg)
+
     tiles = TILE_GRID
     chosen = {"forward": (mlt.MM_TILES["16bit"], True), "grad input": (mlt.MM_TILES["16bit"], True),
               "block-sparse": (bst.BM, bst._warps(bst.BM, 32), bst.STAGES)}
@@ -176,9 +179,38 @@ def main():
                            sparse, candidate, fwd_want)
         rows += r
         chosen["forward candidate"] = best_ex
+        flat_lists = {}
 
-    def bsl(c, cfg):
-        return bst.forward_with(c["x"], c["bsr"], c["b"], cfg)
+        def lists_for(c, n_rows):
+            key = (id(c), n_rows)
+            if key not in flat_lists:
+                flat_lists[key] = ex.flat_lists(c["mask"], BLOCK, n_rows)
+            return flat_lists[key]
+
+        def flat(c, cfg):
+            return ex.flat_rows_forward(c["x"], c["w"], lists_for(c, cfg[0]), c["b"], *cfg)
+
+        r, best_flat = sweep("forward candidates: flat (rows per program, tokens, warps, stages, L1, branch)",
+                             ex.FLAT_CANDIDATES, sparse, flat, fwd_want)
+        rows += r
+        chosen["forward flat candidate"] = best_flat
+        for (N, K), c in sparse.items():
+            bsr = c["wm"].to_sparse_bsr(BLOCK)
+            c["bsr"] = (bsr.crow_indices(), bsr.col_indices(), bsr.values(), N)
+
+        def flat_bsl(c, cfg):
+            lists = lists_for(c, cfg[0])
+            key = ("values", id(c), cfg[0])
+            if key not in flat_lists:
+                flat_lists[key] = ex.list_values(c["bsr"][2], lists)
+            return ex.flat_rows_forward(c["x"], c["w"], lists, c["b"], *cfg, values=flat_lists[key])
+
+        rows += sweep("block-sparse (package, for the candidates)", [chosen["block-sparse"]], sparse, bsl,
+                      fwd_want)[0]
+        r, best_flat_bsl = sweep("block-sparse candidates: flat (rows per program, tokens, warps, stages, L1, "
+                                 "branch)", ex.FLAT_BSL_CANDIDATES, sparse, flat_bsl, fwd_want)
+        rows += r
+        chosen["block-sparse flat candidate"] = best_flat_bsl
 
     if not args.no_tiles:
         for (N, K), c in sparse.items():
