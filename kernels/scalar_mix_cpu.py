@@ -49,7 +49,7 @@ def ln_stats(tensors: Sequence[torch.Tensor], row_mask: torch.Tensor):
     partials = layout_module.workspace((ext.num_tiles(layout.rows, layout.cols, layout.row_stride), 3 * L + 1),
                                        row_mask.dtype, "cpu")
     ext.ln_stats(views, row_mask, partials, layout.rows, layout.cols, layout.row_stride)
-    return partials[:, 0], partials[:, 1:L + 1], partials[:, L + 1:2 * L + 1], partials[0, 2 * L + 1:]
+    return partials[:, 0], partials[:, 1:L + 1], partials[:, L + 1:2 * L + 1], partials[:, 2 * L + 1:]
 
 
 def ln_backward(grad_out: torch.Tensor, tensors: Sequence[torch.Tensor], row_mask: torch.Tensor,

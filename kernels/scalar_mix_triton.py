@@ -10,7 +10,7 @@ the memory-bound passes it needs, each reading every layer at most once:
   the partial sums ``sum g * (t_k - center_k)`` for every k plus ``sum g`` (column L). The host reduces the
   (programs, L + 1) partials in a fixed order: deterministic, no atomics.
 * ``ln_stats_kernel``: per program, masked count, mean and M2 (sum of squared deviations) of every layer
-  (shifted by one of its values), merged on the host with Chan's formula (no sum-of-squares cancellation).
+  (each tile shifted by one of its unmasked values), merged on the host with Chan's formula (no sum-of-squares cancellation).
 * ``ln_bwd_kernel``: the layer-norm input gradient
   ``grad_t_k = coef_k * g - m * (alpha_k + beta_k * (t_k - mean_k))``.
 
@@ -103,20 +103,25 @@ def scalar_mix_bwd_kernel(grad_out_ptr, ptr_table, grad_table, coef_ptr, center_
 def ln_stats_kernel(ptr_table, row_mask_ptr, partial_ptr, R, C, row_stride, L,
                     DTYPE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ALIGNED: tl.constexpr):
     """partial[pid] = [count, mean_0 .. mean_{L-1}, m2_0 .. m2_{L-1}, shift_0 .. shift_{L-1}] over this tile's
-    unmasked elements, the means of ``t_k - shift_k`` with ``shift_k = t_k[0, 0]``: shifting by a value of the
-    layer keeps a near-constant layer's sums small and exact. Masked elements enter as ``t * 0``, so a NaN or
-    infinity anywhere poisons the layer's statistics, as in AllenNLP."""
+    unmasked elements, the means of ``t_k - shift_k`` with ``shift_k`` the tile's first unmasked value of layer k
+    (0 when it has none): shifting by a value of the data keeps a near-constant layer's sums small and exact,
+    and a padded value, however large, never enters a sum but times zero. Masked elements enter as ``t * 0``,
+    so a NaN or infinity anywhere poisons the layer's statistics, as in AllenNLP."""
     acc_t = partial_ptr.dtype.element_ty
     pid = tl.program_id(0)
     in_offs, out_offs, mask, rows, row_ok = _tile(pid, R, C, row_stride, BLOCK_R, BLOCK_C)
     m = tl.load(row_mask_ptr + rows, mask=row_ok, other=0.0)
     w = tl.where(mask, m[:, None], 0.0).to(acc_t)
     n = tl.sum(w)
+    # the tile's first unmasked element (row-major), where every layer takes its shift
+    flat = tl.arange(0, BLOCK_R)[:, None] * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    first = tl.min(tl.where(w != 0, flat, BLOCK_R * BLOCK_C))
     part = partial_ptr + pid.to(tl.int64) * (3 * L + 1)
     tl.store(part, n)
     for k in range(L):
-        shift = tl.load(tl.load(ptr_table + k).to(tl.pointer_type(DTYPE))).to(acc_t)
-        x = tl.load(_at(ptr_table, k, in_offs, DTYPE, ALIGNED), mask=mask, other=0.0).to(acc_t) - shift
+        x = tl.load(_at(ptr_table, k, in_offs, DTYPE, ALIGNED), mask=mask, other=0.0).to(acc_t)
+        shift = tl.sum(tl.where(flat == first, x, 0.0))
+        x = x - shift
         mean = tl.sum(x * w) / tl.maximum(n, 1.0)
         d = (x - mean) * w
         tl.store(part + 1 + k, mean)
@@ -235,7 +240,7 @@ def mix_backward(grad_out: torch.Tensor, tensors: Sequence[torch.Tensor], coef: 
 
 
 def ln_stats(tensors: Sequence[torch.Tensor], row_mask: torch.Tensor, aligned: Optional[bool] = None):
-    """Per-tile masked (count, mean of ``t - shift`` (L,), M2 (L,)) and the shift (L,) of every layer;
+    """Per-tile masked (count, mean of ``t - shift`` (L,), M2 (L,), shift (L,)) of every layer;
     ``row_mask`` holds one 0/1 value per row (acc dtype)."""
     layout, views = as_rows(tensors)
     x0 = tensors[0]
@@ -247,7 +252,7 @@ def ln_stats(tensors: Sequence[torch.Tensor], row_mask: torch.Tensor, aligned: O
     ln_stats_kernel[(programs,)](pointer_table(views, x0.device), row_mask, partials, layout.rows, layout.cols,
                                  layout.row_stride, L, DTYPE=triton_dtype(x0.dtype), BLOCK_R=block_r,
                                  BLOCK_C=block_c, ALIGNED=_aligned(layout, views, aligned), num_warps=warps)
-    return partials[:, 0], partials[:, 1:L + 1], partials[:, L + 1:2 * L + 1], partials[0, 2 * L + 1:]
+    return partials[:, 0], partials[:, 1:L + 1], partials[:, L + 1:2 * L + 1], partials[:, 2 * L + 1:]
 
 
 def ln_backward(grad_out: torch.Tensor, tensors: Sequence[torch.Tensor], row_mask: torch.Tensor,

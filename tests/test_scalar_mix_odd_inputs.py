@@ -98,6 +98,28 @@ def test_near_constant_layers_with_layer_norm(backend, device, dtype, layer):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("pad", [1e4, 1e8, -3e38], ids=str)
+def test_huge_values_in_padding_leave_the_statistics_exact(backend, device, pad):
+    """The kernels shifted every layer by its first element before summing in float32, padded or not: a large
+    fill value there (left padding, ``masked_fill(-1e4)``) wiped out the data's precision (error 2e-2 at 1e6,
+    5.9e6 at 1e8). Padded values must not change the unmasked outputs beyond one float32 rounding."""
+    gen = torch.Generator().manual_seed(5)
+    shape = (3, 37, 40)
+    xs = [torch.randn(shape, generator=gen) for _ in range(2)]
+    mask = torch.ones(shape[:-1], dtype=torch.bool)
+    mask[:, :5] = False  # left padding in every sequence: the first rows of several tiles
+    mask[1, 20:23] = False
+    for x in xs:
+        x[~mask] = pad
+    s, g = torch.tensor([0.3, -0.1]), torch.tensor([1.1])
+    ref = allennlp_mix(xs, s, g, mask, True, eps_of(torch.float32))
+    out = bermo.scalar_mix([x.to(device) for x in xs], s.to(device), g.to(device), mask=mask.to(device),
+                           do_layer_norm=True, backend=backend).cpu().double()
+    err = (out - ref)[mask].abs().max().item()
+    assert err <= 4 * RTOL[torch.float32] * ref[mask].abs().max().item(), err
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
 def test_negative_integer_mask_is_refused(backend, device):
     xs = [torch.randn(2, 3, 4, device=device)] * 2
     mask = torch.ones(2, 3, dtype=torch.int64, device=device)

@@ -172,13 +172,15 @@ def _mix_backward_fake(grad_out, tensors, coef, center, need_grad, compute_dots,
 def _ln_stats(tensors: List[torch.Tensor], row_mask: torch.Tensor,
               backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean (L,), biased variance (L,), count ()) of every layer over the unmasked elements, merged from the
-    kernels' per-tile (count, mean of ``t - shift``, M2) in float64 with Chan's formula, the shift added back."""
-    counts, means, m2, shift = _launchers(backend).ln_stats(tensors, row_mask)
+    kernels' per-tile (count, mean of ``t - shift``, M2, shift) in float64 with Chan's formula (each tile's mean
+    with its own shift added back)."""
+    counts, means, m2, shifts = _launchers(backend).ln_stats(tensors, row_mask)
     n = counts.double()[:, None]
     total = n.sum()
-    mean = (n * means.double()).sum(0) / total
-    var = (m2.double() + n * (means.double() - mean).pow(2)).sum(0) / total
-    return (mean + shift.double()).to(row_mask.dtype), var.to(row_mask.dtype), total.to(row_mask.dtype)
+    tile_means = means.double() + shifts.double()
+    mean = (n * tile_means).sum(0) / total
+    var = (m2.double() + n * (tile_means - mean).pow(2)).sum(0) / total
+    return mean.to(row_mask.dtype), var.to(row_mask.dtype), total.to(row_mask.dtype)
 
 
 def _ln_stats_fake(tensors, row_mask, backend):

@@ -302,8 +302,8 @@ void mix_backward(const at::Tensor& grad_out, const std::vector<at::Tensor>& xs,
 }
 
 // partials (tiles, 3L + 1): [count, mean_k for k, M2_k for k, shift_k for k] over each tile's unmasked rows,
-// the means of x_k - shift_k with shift_k = x_k[0][0] (a value of the layer: a near-constant layer's sums stay
-// small and exact). As in
+// the means of x_k - shift_k with shift_k the tile's first unmasked value of layer k (0 when it has none: a value of
+// the data keeps a near-constant layer's sums small and exact, and a padded value never enters them). As in
 // AllenNLP (which multiplies by the mask), a NaN or infinity in a masked row still poisons the layer's
 // statistics: masked rows are summed times zero, which is 0 for finite values and NaN otherwise.
 void ln_stats(const std::vector<at::Tensor>& xs, const at::Tensor& row_mask, at::Tensor& partials, int64_t rows,
@@ -318,11 +318,15 @@ void ln_stats(const std::vector<at::Tensor>& xs, const at::Tensor& row_mask, at:
     tiles.run([&](int64_t t, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
       const int64_t w = c1 - c0;
       acc_t n = 0;
-      for (int64_t r = r0; r < r1; ++r) n += m[r] * static_cast<acc_t>(w);
+      int64_t first = -1;  // the tile's first unmasked row: every layer's shift is its value at (first, c0)
+      for (int64_t r = r0; r < r1; ++r) {
+        n += m[r] * static_cast<acc_t>(w);
+        if (first < 0 && m[r] != 0) first = r;
+      }
       acc_t* p = part + t * (3 * L + 1);
       p[0] = n;
       for (int64_t k = 0; k < L; ++k) {
-        const acc_t shift = static_cast<acc_t>(x[k][0]);
+        const acc_t shift = first < 0 || w == 0 ? acc_t(0) : static_cast<acc_t>(x[k][first * stride + c0]);
         acc_t s = 0, poison = 0;
         for (int64_t r = r0; r < r1; ++r) {
           const scalar_t* xr = x[k] + r * stride + c0;
