@@ -152,6 +152,8 @@ def forward(x2d: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, values: to
     out = output_like(x2d, (T, N))
     if T == 0 or N == 0:
         return out
+    if K == 0:  # no inputs: the bias alone (the C++ kernel would divide by the width)
+        return out.copy_(b.unsqueeze(0).expand(T, N)) if b is not None else out.zero_()
     path = plan(N, K, nnz, (bo, bi))
     if path == "blocks":
         _ext().bsl_forward(x2d, crow, col, packed_values(values), empty_tensor(acc) if b is None else b, bo, out)

@@ -22,21 +22,24 @@ import torch
 import triton
 import triton.language as tl
 
+from .device_guard import on_tensor_device
 from .dtypes import check_interpreter_mode, triton_dtype, triton_interpreting
 # the float32-accumulating dot (with the interpreter's bfloat16 workaround), shared
 from .masked_linear_triton import _dot, _dot_f32  # noqa: F401  (_dot is called by the kernel)
 
 
 @triton.jit
-def bsr_linear_kernel(x_ptr, crow_ptr, col_ptr, v_ptr, bias_ptr, y_ptr, M, N, K, bo, bi, n_sub,
+def bsr_linear_kernel(x_ptr, crow_ptr, col_ptr, v_ptr, bias_ptr, y_ptr, M, N, K, bo, bi, n_sub, n_r,
                       HAS_BIAS: tl.constexpr, EVEN: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """``y[m, i * bo + n] = sum over kept blocks e of row i, k < bi: x[m, col[e] * bi + k] * values[e, n, k]``
-    (+ bias), for the tokens of tile ``program_id(1)`` and the outputs ``n`` of slice ``program_id(0) % n_sub``
-    of block row ``program_id(0) // n_sub``. ``x`` (M, K) and ``y`` (M, N) contiguous, ``values`` contiguous.
+    (+ bias), for the tokens of tile ``pid // n_r`` and the outputs ``n`` of slice ``(pid % n_r) % n_sub`` of
+    block row ``(pid % n_r) // n_sub`` (``pid = program_id(0)``: one grid axis, whose limit is 2**31 - 1, not
+    the 65535 of the others). ``x`` (M, K) and ``y`` (M, N) contiguous, ``values`` contiguous.
     ``EVEN``: ``bo % BN == 0`` and ``bi % BK == 0`` (no masks inside a block)."""
-    pid_r = tl.program_id(0)  # block rows first: a token tile's programs run together and share it in L2
-    pid_m = tl.program_id(1)
+    pid = tl.program_id(0)
+    pid_r = pid % n_r  # block rows first: a token tile's programs run together and share it in L2
+    pid_m = pid // n_r
     dtype = y_ptr.dtype.element_ty
     i = pid_r // n_sub
     sub = pid_r % n_sub
@@ -125,11 +128,13 @@ def _check(x: torch.Tensor) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # Launcher (validated by bermo.ops.block_sparse_linear): 2-D x, indices checked
 # ----------------------------------------------------------------------------------------------------------
+@on_tensor_device
 def forward(x2d: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
             bias: Optional[torch.Tensor], out_features: int) -> torch.Tensor:
     return forward_with(x2d, (crow, col, values, out_features), bias)
 
 
+@on_tensor_device
 def forward_with(x2d: torch.Tensor, bsr, bias: Optional[torch.Tensor],
                  config: Optional[Tuple[int, int, int]] = None) -> torch.Tensor:
     """``forward`` with ``bsr = (crow, col, values, out_features)``; ``config`` = (tokens per program, warps,
@@ -154,8 +159,9 @@ def forward_with(x2d: torch.Tensor, bsr, bias: Optional[torch.Tensor],
     bn, bk, even = tiles((bo, bi))
     bm, warps, stages = config or (BM, _warps(BM, bn), STAGES)
     n_sub = triton.cdiv(bo, bn)
-    grid = ((crow32.numel() - 1) * n_sub, triton.cdiv(M, bm))  # (the second axis is limited to 65535)
-    bsr_linear_kernel[grid](x2d, crow32, col32, v, bias if bias is not None else y, y, M, N, K, bo, bi, n_sub,
+    n_r = (crow32.numel() - 1) * n_sub
+    grid = (n_r * triton.cdiv(M, bm),)
+    bsr_linear_kernel[grid](x2d, crow32, col32, v, bias if bias is not None else y, y, M, N, K, bo, bi, n_sub, n_r,
                             HAS_BIAS=bias is not None, EVEN=even, IEEE=x2d.dtype == torch.float32,
                             DOT_F32=_dot_f32(x2d), BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages)
     return y
@@ -178,7 +184,7 @@ def compile_configurations():
                     for has_bias in (True, False):
                         sig = {"x_ptr": f"*{t}", "crow_ptr": "*i32", "col_ptr": "*i32", "v_ptr": f"*{t}",
                                "bias_ptr": f"*{t}", "y_ptr": f"*{t}", "M": "i32", "N": "i32", "K": "i32",
-                               "bo": "i32", "bi": "i32", "n_sub": "i32", "HAS_BIAS": "constexpr",
+                               "bo": "i32", "bi": "i32", "n_sub": "i32", "n_r": "i32", "HAS_BIAS": "constexpr",
                                "EVEN": "constexpr", "IEEE": "constexpr", "DOT_F32": "constexpr", "BM": "constexpr",
                                "BN": "constexpr", "BK": "constexpr"}
                         bm, warps, stages = BM, _warps(BM, bn), STAGES

@@ -9,6 +9,7 @@ contiguous, one layer at a time.
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
@@ -80,6 +81,8 @@ def vector_access_ok(layout: RowLayout, tensors: Sequence[Optional[torch.Tensor]
 
 _TABLES: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
 _TABLES_MAX = 256
+_TABLES_LOCK = threading.Lock()  # DataParallel replicas run their forwards in threads
+_CAPTURED: List[torch.Tensor] = []  # tables a captured CUDA graph reads: alive as long as the process
 
 
 def pointer_table(tensors: Sequence[Optional[torch.Tensor]], device) -> torch.Tensor:
@@ -88,21 +91,46 @@ def pointer_table(tensors: Sequence[Optional[torch.Tensor]], device) -> torch.Te
     On CUDA the table goes through pinned host memory (PyTorch's caching host allocator) with a non-blocking
     copy: a copy from pageable memory would make the host wait for the stream, a sync point on every call.
     Device tables are kept (a small LRU keyed by the addresses and the stream), since PyTorch's caching
-    allocator hands the same addresses back step after step: a repeated call then costs no copy at all. The
-    addresses are read at call time, so a launch inside a captured CUDA graph would replay stale ones."""
+    allocator hands the same addresses back step after step: a repeated call then costs no copy at all.
+
+    Inside a CUDA graph capture (``torch.compile(mode="reduce-overhead")``, ``torch.cuda.graph``) the addresses
+    are those of the graph's fixed buffers, so the replays may bake them in; but the table must outlive the
+    graph and hold its values at every replay. There it is written by one fill per address (kernels, captured
+    with their values: no host buffer the replay would re-read) and kept for the life of the process, and a
+    cached table the capture reads is kept likewise (the LRU would free it for reuse). A table made during a
+    capture is filled only when the graph replays, so it never enters the cache of eager calls."""
     ptrs = tuple(0 if t is None else t.data_ptr() for t in tensors)
     device = torch.device(device)
     if device.type != "cuda":
         return torch.tensor(ptrs, dtype=torch.int64)
+    capturing = torch.cuda.is_current_stream_capturing()
     key = (device, torch.cuda.current_stream(device).cuda_stream, ptrs)
-    table = _TABLES.get(key)
-    if table is not None:
-        _TABLES.move_to_end(key)
+    with _TABLES_LOCK:
+        table = _TABLES.get(key)
+        if table is not None:
+            _TABLES.move_to_end(key)
+            if capturing:
+                _CAPTURED.append(table)
+            return table
+    if capturing:
+        table = captured_table(ptrs, device)
+        with _TABLES_LOCK:
+            _CAPTURED.append(table)
         return table
     table = torch.tensor(ptrs, dtype=torch.int64).pin_memory().to(device, non_blocking=True)
-    _TABLES[key] = table
-    if len(_TABLES) > _TABLES_MAX:
-        _TABLES.popitem(last=False)
+    with _TABLES_LOCK:
+        _TABLES[key] = table
+        if len(_TABLES) > _TABLES_MAX:
+            _TABLES.popitem(last=False)
+    return table
+
+
+def captured_table(ptrs: Sequence[int], device) -> torch.Tensor:
+    """The addresses written on ``device`` by fills whose values are kernel arguments (capturable, no host
+    memory read at replay)."""
+    table = torch.empty(len(ptrs), dtype=torch.int64, device=device)
+    for i, p in enumerate(ptrs):
+        table[i].fill_(p)
     return table
 
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .device_guard import on_tensor_device
 from .dtypes import check_interpreter_mode, triton_dtype, triton_interpreting
 from .masked_linear_paths import SIDE_CHOICES, sparse_tile
 
@@ -254,6 +255,7 @@ def _placeholder(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------
 # The kept-tile lists
 # ----------------------------------------------------------------------------------------------------------
+@on_tensor_device
 def kept_tiles(mask: torch.Tensor, block_shape: Tuple[int, int], tile: int, shape: Tuple[int, int],
                transpose: bool) -> torch.Tensor:
     """One int32 buffer: for each tile row (of the ``shape`` weight's tile rows, or its tile columns with
@@ -286,6 +288,7 @@ def list_chunk(n_t: int) -> int:
     return next((c for c in LIST_CHUNKS if n_t <= c), 0)
 
 
+@on_tensor_device
 def sparse_mm(a: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: Optional[torch.Tensor],
               block_shape: Tuple[int, int], transpose: bool, tiles: Optional[Tuple[int, int, int]] = None,
               list_in_kernel: Optional[bool] = None) -> torch.Tensor:
@@ -317,6 +320,7 @@ def sparse_mm(a: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: O
     return c
 
 
+@on_tensor_device
 def masked_weight(weight: torch.Tensor, mask: torch.Tensor, block_shape: Tuple[int, int]) -> torch.Tensor:
     """``W * expand(M)`` in W's dtype: one pass over the weight."""
     N, K = weight.shape
@@ -328,6 +332,7 @@ def masked_weight(weight: torch.Tensor, mask: torch.Tensor, block_shape: Tuple[i
     return out
 
 
+@on_tensor_device
 def forward(x2d: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: Optional[torch.Tensor],
             block_shape: Tuple[int, int], dense: bool) -> torch.Tensor:
     """The block-skipping product, or (``dense``) ``W * M`` then one cuBLAS / ATen product."""
@@ -337,6 +342,7 @@ def forward(x2d: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: O
     return sparse_mm(x2d, weight, mask, bias, block_shape, transpose=False)
 
 
+@on_tensor_device
 def grad_input(dy2d: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, block_shape: Tuple[int, int],
                dense: bool) -> torch.Tensor:
     if dense:
@@ -347,6 +353,7 @@ def grad_input(dy2d: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, blo
     return sparse_mm(dy2d, weight, mask, None, block_shape, transpose=True)
 
 
+@on_tensor_device
 def grad_weight(dy2d: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
                 block_shape: Tuple[int, int], need_mask_grad: bool, need_bias_grad: bool):
     """``(grad weight, grad mask or None, grad bias or None)``: ``G = dY^T X`` by one cuBLAS / ATen product

@@ -10,7 +10,8 @@ the memory-bound passes it needs, each reading every layer at most once:
   the partial sums ``sum g * (t_k - center_k)`` for every k plus ``sum g`` (column L). The host reduces the
   (programs, L + 1) partials in a fixed order: deterministic, no atomics.
 * ``ln_stats_kernel``: per program, masked count, mean and M2 (sum of squared deviations) of every layer
-  (each tile shifted by one of its unmasked values), merged on the host with Chan's formula (no sum-of-squares cancellation).
+  (each tile shifted by one of its unmasked values), merged on the host with Chan's formula (no sum-of-squares
+  cancellation).
 * ``ln_bwd_kernel``: the layer-norm input gradient
   ``grad_t_k = coef_k * g - m * (alpha_k + beta_k * (t_k - mean_k))``.
 
@@ -28,6 +29,7 @@ import triton
 import triton.language as tl
 
 from . import layout as layout_module
+from .device_guard import on_tensor_device
 from .dtypes import SUPPORTED_DTYPES, acc_dtype, check_interpreter_mode, triton_dtype, triton_interpreting
 from .layout import RowLayout, as_rows, grad_buffers, pointer_table, vector_access_ok
 
@@ -196,6 +198,7 @@ def _aligned(layout: RowLayout, tensors, aligned: Optional[bool]) -> bool:
 # ----------------------------------------------------------------------------------------------------------
 # Launchers. Inputs are validated by the caller (bermo.ops.scalar_mix): same shape, dtype and device.
 # ----------------------------------------------------------------------------------------------------------
+@on_tensor_device
 def mix_forward(tensors: Sequence[torch.Tensor], coef: torch.Tensor, center: torch.Tensor,
                 aligned: Optional[bool] = None) -> torch.Tensor:
     """``sum_k coef[k] * (tensors[k] - center[k])`` in the accumulation dtype of ``coef``, returned in the
@@ -214,6 +217,7 @@ def mix_forward(tensors: Sequence[torch.Tensor], coef: torch.Tensor, center: tor
     return out
 
 
+@on_tensor_device
 def mix_backward(grad_out: torch.Tensor, tensors: Sequence[torch.Tensor], coef: torch.Tensor,
                  center: torch.Tensor, need_grad: Sequence[bool], compute_dots: bool, stacked: bool = False,
                  aligned: Optional[bool] = None):
@@ -239,6 +243,7 @@ def mix_backward(grad_out: torch.Tensor, tensors: Sequence[torch.Tensor], coef: 
     return outputs, sums
 
 
+@on_tensor_device
 def ln_stats(tensors: Sequence[torch.Tensor], row_mask: torch.Tensor, aligned: Optional[bool] = None):
     """Per-tile masked (count, mean of ``t - shift`` (L,), M2 (L,), shift (L,)) of every layer;
     ``row_mask`` holds one 0/1 value per row (acc dtype)."""
@@ -255,6 +260,7 @@ def ln_stats(tensors: Sequence[torch.Tensor], row_mask: torch.Tensor, aligned: O
     return partials[:, 0], partials[:, 1:L + 1], partials[:, L + 1:2 * L + 1], partials[:, 2 * L + 1:]
 
 
+@on_tensor_device
 def ln_backward(grad_out: torch.Tensor, tensors: Sequence[torch.Tensor], row_mask: torch.Tensor,
                 coef: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, center: torch.Tensor,
                 need_grad: Sequence[bool], stacked: bool = False, aligned: Optional[bool] = None):

@@ -139,6 +139,21 @@ def test_parity_3d_input(backend, device, bias):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("N,K", [(64, 0), (0, 64)], ids=["no-inputs", "no-outputs"])
+def test_zero_features(backend, device, N, K):
+    """A layer without inputs gives the bias (the C++ path divided by the width: a SIGFPE that killed the
+    process); one without outputs an empty output."""
+    gen = torch.Generator().manual_seed(N + K)
+    w, b = torch.randn(N, K, generator=gen), torch.randn(N, generator=gen)
+    layer = BlockSparseLinear.from_dense(w, b, (32, 32), backend=backend).to(device)
+    x = torch.randn(3, 5, K, generator=gen, device=device, requires_grad=True)
+    y = layer(x)
+    torch.testing.assert_close(y.detach().cpu(), b.expand(3, 5, N))
+    y.sum().backward()
+    assert x.grad.shape == x.shape and not x.grad.any()
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
 def test_odd_block_shapes_and_tails(backend, device):
     """Block sides outside 16/32/64 (the generic paths), longer than 64, whole rows / columns wider than one, the
     whole matrix as one block, and a token count past every tile."""

@@ -129,6 +129,22 @@ def test_three_d_input_and_no_bias(backend, device, bias):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("N,K", [(64, 0), (0, 64)], ids=["no-inputs", "no-outputs"])
+def test_zero_features(backend, device, N, K):
+    """A layer without inputs gives the bias (and zero gradients); one without outputs an empty output. Both
+    failed to reshape on the kernel backends (``reshape(-1, 0)`` is ambiguous)."""
+    gen = torch.Generator().manual_seed(N + K)
+    x, w, b = torch.randn(3, 5, K, generator=gen), torch.randn(N, K, generator=gen), torch.randn(N, generator=gen)
+    mask = torch.rand(N // 32, K // 32, generator=gen)
+    dy = torch.randn(3, 5, N, generator=gen)
+    y, gx, gw, gb, gm = run(backend, device, x, w, mask, b, (32, 32), dy, True)
+    assert y.shape == (3, 5, N) and gx.shape == x.shape and gw.shape == w.shape and gm.shape == mask.shape
+    torch.testing.assert_close(y.cpu(), b.expand(3, 5, N))
+    torch.testing.assert_close(gb.cpu(), dy.sum((0, 1)))
+    assert not gx.any() and not gw.any() and not gm.any()
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
 def test_non_contiguous_inputs(backend, device):
     gen = torch.Generator().manual_seed(4)
     N, K, bs = 32, 64, (16, 16)

@@ -90,3 +90,36 @@ def test_sixteen_bit_outputs_round_to_nearest_on_gpu(dtype, do_layer_norm):
     out = bermo.scalar_mix([x.cuda() for x in xs], s.cuda(), gamma.cuda(),
                            mask=None if mask is None else mask.cuda(), do_layer_norm=do_layer_norm, backend="triton")
     assert_rounds_to_nearest(out, allennlp_mix(xs, s, gamma, mask, do_layer_norm, 1e-4))
+
+
+def test_captured_cuda_graph_replays_with_new_values():
+    """The layer addresses reach the kernels through a device table: inside a CUDA graph capture it is written
+    by captured fills and kept alive, so replays with new values in the graph's inputs stay right, and an eager
+    call right after the capture (before any replay) does not read a table the capture left unwritten."""
+    from bermo.kernels import layout
+
+    gen = torch.Generator().manual_seed(3)
+    L, shape = 5, (4, 33, 96)
+    module = ScalarMix(L, initial_scalar_parameters=torch.randn(L, generator=gen).tolist()).cuda()
+    xs = [torch.randn(shape, generator=gen).cuda() for _ in range(L)]
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        module(xs)  # warm-up (compiles the kernels) outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = module(xs)
+    eager = module(xs)
+    w = torch.softmax(torch.cat([p.detach() for p in module.scalar_parameters]), 0)
+    torch.testing.assert_close(eager, module.gamma.detach() * sum(wk * x for wk, x in zip(w, xs)))
+    for _ in range(3):
+        for x in xs:
+            x.copy_(torch.randn(shape, generator=gen).cuda())
+        others = [torch.empty(1, device="cuda") for _ in range(layout._TABLES_MAX + 2)]
+        for t in others:  # evict every cached table: their memory goes back to the allocator
+            layout.pointer_table([t], torch.device("cuda"))
+        del others
+        graph.replay()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(out, module.gamma.detach() * sum(wk * x for wk, x in zip(w, xs)))

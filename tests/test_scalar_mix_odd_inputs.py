@@ -120,6 +120,20 @@ def test_huge_values_in_padding_leave_the_statistics_exact(backend, device, pad)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
+def test_layer_norm_of_zero_width_layers(backend, device):
+    """A zero-width last dimension: an empty output and zero parameter gradients (the Triton path raised an
+    IndexError reading the statistics of no tiles)."""
+    xs = [torch.randn(2, 3, 0, device=device, requires_grad=True) for _ in range(2)]
+    s = torch.zeros(2, device=device, requires_grad=True)
+    g = torch.ones(1, device=device, requires_grad=True)
+    out = bermo.scalar_mix(xs, s, g, mask=torch.ones(2, 3, dtype=torch.bool, device=device), do_layer_norm=True,
+                           backend=backend)
+    assert out.shape == (2, 3, 0)
+    out.sum().backward()
+    assert not s.grad.any() and not g.grad.any()
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
 def test_negative_integer_mask_is_refused(backend, device):
     xs = [torch.randn(2, 3, 4, device=device)] * 2
     mask = torch.ones(2, 3, dtype=torch.int64, device=device)

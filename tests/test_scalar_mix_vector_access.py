@@ -118,3 +118,29 @@ def test_forcing_the_vector_variant_on_unaligned_tensors_is_an_error():
     a = k.mix_forward(aligned, coef, torch.zeros_like(coef), aligned=False)
     b = k.mix_forward(aligned, coef, torch.zeros_like(coef))
     assert torch.equal(a, b)
+
+
+def test_pointer_tables_under_capture_are_kept_and_not_cached(monkeypatch):
+    """Inside a CUDA graph capture a new table is written by captured fills, kept for the process's life and
+    kept out of the eager cache (it holds its values only once the graph replays); a cached table the capture
+    reads is kept too (the LRU would free it). Routing only: the CUDA calls are stood in for."""
+    from bermo.kernels import layout
+
+    monkeypatch.setattr(layout, "_TABLES", layout.OrderedDict())
+    monkeypatch.setattr(layout, "_CAPTURED", [])
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: type("S", (), {"cuda_stream": 7})())
+    made = []
+    monkeypatch.setattr(layout, "captured_table", lambda ptrs, device: made.append(ptrs) or torch.tensor(ptrs))
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    x = torch.zeros(4)
+    table = layout.pointer_table([x, None], "cuda")
+    assert made == [(x.data_ptr(), 0)] and layout._CAPTURED == [table] and not layout._TABLES
+    cached = torch.tensor([1, 2])
+    layout._TABLES[(torch.device("cuda"), 7, (x.data_ptr(),))] = cached
+    assert layout.pointer_table([x], "cuda") is cached and layout._CAPTURED[-1] is cached and len(made) == 1
+
+
+def test_captured_table_holds_the_addresses():
+    from bermo.kernels.layout import captured_table
+
+    assert captured_table([5, 2 ** 47 + 3, 0], "cpu").tolist() == [5, 2 ** 47 + 3, 0]

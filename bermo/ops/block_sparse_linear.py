@@ -19,6 +19,8 @@ call, a synchronisation on a GPU. ``bermo.nn.BlockSparseLinear`` checks its indi
 """
 from __future__ import annotations
 
+import math
+
 from typing import Optional, Tuple
 
 import torch
@@ -206,7 +208,7 @@ class BlockSparseLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, crow_indices, col_indices, values, bias, out_features, backend):
-        x2d = x.reshape(-1, x.shape[-1])
+        x2d = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (-1 is ambiguous for 0 features)
         if not x2d.is_contiguous():
             x2d = x2d.contiguous()
         b = x.new_empty(0) if bias is None else bias.contiguous()  # (the kernels read it with unit stride)
@@ -225,7 +227,7 @@ class BlockSparseLinearFunction(torch.autograd.Function):
         N, K = ctx.out_features, x2d.shape[1]
         nnz, bo, bi = values.shape
         acc = acc_dtype(x2d.dtype)
-        dy2d = grad_out.reshape(-1, N)
+        dy2d = grad_out.reshape(math.prod(grad_out.shape[:-1]), N)
         grad_x = grad_v = grad_b = None
         if need_x:
             w = to_dense(crow, col, values, N, K).to(acc)

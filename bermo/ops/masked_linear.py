@@ -16,6 +16,8 @@ values in [0, 1]). With ``G = dY^T X`` (out, in), the gradients are
 """
 from __future__ import annotations
 
+import math
+
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -172,7 +174,7 @@ class MaskedLinearFunction(torch.autograd.Function):
     def forward(ctx, x, weight, mask, bias, block_shape, backend, dense):
         acc = acc_dtype(x.dtype)
         kmask = mask.detach().to(acc).contiguous()
-        x2d = x.reshape(-1, x.shape[-1])
+        x2d = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (-1 is ambiguous for 0 features)
         if not x2d.is_contiguous():
             x2d = x2d.contiguous()
         w = weight.contiguous()
@@ -190,7 +192,7 @@ class MaskedLinearFunction(torch.autograd.Function):
             raise RuntimeError(f"{OP_NAME}: double backward (create_graph=True) is not supported by the fused "
                                "kernels; use backend='reference' for it")
         need_x, need_w, need_m, need_b = ctx.needs_input_grad[:4]
-        dy2d = grad_out.reshape(-1, grad_out.shape[-1])
+        dy2d = grad_out.reshape(math.prod(grad_out.shape[:-1]), grad_out.shape[-1])
         if not dy2d.is_contiguous():
             dy2d = dy2d.contiguous()
         grad_x = grad_w = grad_m = grad_b = None

@@ -174,6 +174,9 @@ def _ln_stats(tensors: List[torch.Tensor], row_mask: torch.Tensor,
     """(mean (L,), biased variance (L,), count ()) of every layer over the unmasked elements, merged from the
     kernels' per-tile (count, mean of ``t - shift``, M2, shift) in float64 with Chan's formula (each tile's mean
     with its own shift added back)."""
+    if tensors[0].numel() == 0:  # nothing to normalise (no rows, or a zero-width last dimension)
+        zeros = row_mask.new_zeros(len(tensors))
+        return zeros, zeros.clone(), row_mask.new_zeros(())
     counts, means, m2, shifts = _launchers(backend).ln_stats(tensors, row_mask)
     n = counts.double()[:, None]
     total = n.sum()
