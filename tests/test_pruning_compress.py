@@ -445,6 +445,42 @@ def test_save_load_round_trip(tmp_path, dtype, crossover):
 
 
 @needs_block_sparse
+def test_compress_again_keeps_earlier_block_sparse_layers(tmp_path):
+    """Compress, prepare the model again, prune more and compress again: the block-sparse layers of the first
+    round stay in the recorded layout (they were dropped from it, so a reload built dense layers and left their
+    weights random), and a block-sparse layer whose FFN loses neurons in the second round is restructured with
+    them (it raised an AttributeError). Outputs equal at each step, and after reloading both ways."""
+    from bermo.pruning import prepare
+
+    model = masked_model(seed=97, block_shape=(8, 8), num_attention_heads=4)
+    inter0 = linear(model, "bert.encoder.layer.0.intermediate.dense")
+    prune_blocks(inter0, cols=[0])
+    with torch.no_grad():
+        inter0.scores[1::2, 1] = PRUNED  # no dead neuron
+        linear(model, "bert.encoder.layer.1.attention.self.value").scores[1, 2] = PRUNED
+    compressed_matches(model, crossover=0.95)
+    assert isinstance(linear(model, "bert.encoder.layer.0.intermediate.dense"), BlockSparseLinear)
+    assert isinstance(linear(model, "bert.encoder.layer.1.attention.self.value"), BlockSparseLinear)
+    prepare(model, "threshold", (8, 8), targets=r"layer\.0\.output\.dense|layer\.1\.attention\.self\.query",
+            backend="reference", scores_init=1.0)
+    prune_blocks(linear(model, "bert.encoder.layer.0.output.dense"), cols=[2, 3])   # FFN neurons 16-31 read by none
+    prune_blocks(linear(model, "bert.encoder.layer.1.attention.self.query"), rows=[0])  # restructures beside value
+    model.eval()
+    compressed_matches(model, crossover=0.95)
+    linears = model.config.compressed_layout["linears"]
+    assert linears["encoder.layer.0.intermediate.dense"]["form"] == "block_sparse"
+    assert linears["encoder.layer.0.intermediate.dense"]["shape"][0] == 48  # 16 neurons fewer
+    assert model.config.compressed_layout["intermediate_sizes"][0] == 48
+    assert linears["encoder.layer.1.attention.self.value"]["form"] == "block_sparse"
+    model.save_pretrained(tmp_path)
+    for loaded in (BermoForSequenceClassification.from_pretrained(tmp_path).eval(), load_compressed(tmp_path)):
+        assert isinstance(linear(loaded, "bert.encoder.layer.0.intermediate.dense"), BlockSparseLinear)
+        for a, b in zip(outputs(loaded), outputs(model)):
+            assert torch.equal(a, b)
+
+
+
+@needs_block_sparse
 def test_checkpoint_size_tracks_density(tmp_path):
     sizes = {}
     for keep_prob in (0.25, 0.75):

@@ -129,9 +129,25 @@ def _effective(module: MaskedLinear) -> _Pending:
                     keep=expanded != 0, block_shape=tuple(module.block_shape))
 
 
-def _plain(module: nn.Linear) -> _Pending:
-    return _Pending(weight=module.weight.detach(), bias=None if module.bias is None else module.bias.detach().float(),
-                    keep=None, block_shape=(1, 1))
+def _plain(module: nn.Module) -> _Pending:
+    """A neighbour of a masked layer as it stands: a plain ``nn.Linear``, or a ``BlockSparseLinear`` an earlier
+    ``compress`` made (its kept blocks stay its mask, so it can be block-sparse again after the surgery)."""
+    bias = None if module.bias is None else module.bias.detach().float()
+    if isinstance(module, nn.Linear):
+        return _Pending(weight=module.weight.detach(), bias=bias, keep=None, block_shape=(1, 1))
+    cls = ckpt._block_sparse_class()
+    if cls is not None and isinstance(module, cls):
+        bo, bi = module.block_shape
+        crow, col = module.crow_indices.long(), module.col_indices.long()
+        compact = torch.zeros(module.out_features // bo, module.in_features // bi, dtype=torch.bool,
+                              device=col.device)
+        rows = torch.repeat_interleave(torch.arange(compact.shape[0], device=col.device), crow.diff())
+        compact[rows, col] = True
+        with torch.no_grad():
+            weight = module.to_dense().detach()
+        return _Pending(weight=weight, bias=bias, keep=expand_mask(compact, (bo, bi)), block_shape=(bo, bi))
+    raise TypeError(f"compress: cannot restructure a {type(module).__name__} next to a pruned layer (expected an "
+                    "nn.Linear or a BlockSparseLinear)")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -383,6 +399,10 @@ def compress(model: nn.Module, crossover: Optional[float] = None, target_dtype: 
     ``W * M`` layers of unchanged shape, which any model loads. Other models (no BERT-family base) are
     compressed the same way in memory, but nothing records the layout for reloading.
 
+    A compressed model can be prepared again (its remaining ``nn.Linear`` layers), pruned further and compressed
+    again: the layers the first round left (block-sparse, resized) keep their recorded layout, and are
+    restructured with their neighbours when FFN neurons or heads go.
+
     Raises ``TypeError`` for a non-module and ``ValueError`` for a model with no ``MaskedLinear`` (not prepared
     with ``bermo.pruning.prepare``, or already compressed).
     """
@@ -395,8 +415,8 @@ def compress(model: nn.Module, crossover: Optional[float] = None, target_dtype: 
     masked = {name: m for name, m in model.named_modules() if isinstance(m, MaskedLinear)}
     if not masked:
         raise ValueError("compress: the model has no bermo.nn.MaskedLinear layers: nothing to compress (prepare it "
-                         "with bermo.pruning.prepare and train it first; a compressed model cannot be compressed "
-                         "again)")
+                         "with bermo.pruning.prepare and train it first; a compressed model has none left: prepare "
+                         "it again to prune it further)")
 
     base, prefix = _base_model(model)
     surgery = _Surgery(model, masked)
@@ -415,7 +435,12 @@ def compress(model: nn.Module, crossover: Optional[float] = None, target_dtype: 
                 pruned[i] = removed
             intermediate_sizes.append(surgery.ffn(p, layer))
 
-    linears = {}
+    # layers an earlier compress left (block-sparse, resized) keep their entries unless this round rebuilds them
+    earlier = ckpt.layout_of(config) if base is not None else None
+    linears = dict((earlier or {}).get("linears") or {})
+    for path in surgery.dropped:
+        if base is not None and path.startswith(prefix):
+            linears.pop(path[len(prefix):], None)
     for path, p in surgery.pending.items():
         if path in surgery.dropped:
             continue
