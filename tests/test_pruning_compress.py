@@ -660,6 +660,14 @@ def test_load_compressed_errors(tmp_path):
     save_file(state, saved[89] / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ckpt.CompressedCheckpointError, match="missing .*layer.1.output.dense.bias"):
         load_compressed(saved[89])
+    bermo = masked_model(seed=91, keep_prob=0.5)  # a BERMo checkpoint goes through from_pretrained: as strict
+    compress(bermo)
+    bermo.save_pretrained(tmp_path / "bermo")
+    state = load_file(tmp_path / "bermo" / "model.safetensors")
+    del state["bert.encoder.layer.1.attention.output.LayerNorm.weight"]
+    save_file(state, tmp_path / "bermo" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ckpt.CompressedCheckpointError, match="missing .*layer.1.attention.output.LayerNorm.weight"):
+        load_compressed(tmp_path / "bermo")
 
 
 # ------------------------------------------------------------------------------------------------ bad inputs

@@ -429,12 +429,28 @@ def load_compressed(path, model_class=None, dtype: Optional[torch.dtype] = None,
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     from ..models.modeling_bermo import BermoPreTrainedModel
     if issubclass(cls, BermoPreTrainedModel):
-        model = cls.from_pretrained(path, config=config, dtype=dtype)
+        model, info = cls.from_pretrained(path, config=config, dtype=dtype, output_loading_info=True)
+        _check_loaded(model, cls, path, info.get("missing_keys", ()), info.get("unexpected_keys", ()),
+                      [m[0] if isinstance(m, (tuple, list)) else m for m in info.get("mismatched_keys", ())])
     else:
         model = _load_plain(cls, config, path, dtype)
     if device is not None:
         model = model.to(device)
     return model.eval()
+
+
+def _check_loaded(model: nn.Module, cls, path: str, missing, unexpected, mismatched) -> None:
+    """Every tensor of the model loaded from the checkpoint, none left over: else a ``CompressedCheckpointError``
+    (``from_pretrained`` alone would initialise what is missing at random and only log it)."""
+    missing = [k for k in missing if k not in _tied_keys(model)]
+    unexpected, mismatched = list(unexpected), list(mismatched)
+    if missing or unexpected or mismatched:
+        def few(keys):
+            return f"{keys[:5]}{' ...' if len(keys) > 5 else ''}"
+        raise CompressedCheckpointError(
+            f"load_compressed: the checkpoint at {path} does not fit the {cls.__name__} its config describes: "
+            f"missing {few(missing)}, unexpected {few(unexpected)}"
+            + (f", of another shape {few(mismatched)}" if mismatched else ""))
 
 
 def _load_plain(cls, config, path: str, dtype: torch.dtype) -> nn.Module:
@@ -453,12 +469,7 @@ def _load_plain(cls, config, path: str, dtype: torch.dtype) -> nn.Module:
             state = {k[len(head):]: v for k, v in state.items() if k.startswith(head)}  # a task checkpoint
     check_checkpoint(model, state_dict=state)
     result = nn.Module.load_state_dict(model, state, strict=False)
-    missing = [k for k in result.missing_keys if k not in _tied_keys(model)]
-    if missing or result.unexpected_keys:
-        raise CompressedCheckpointError(
-            f"load_compressed: the checkpoint at {path} does not fit the {cls.__name__} its config describes: "
-            f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, unexpected "
-            f"{result.unexpected_keys[:5]}{' ...' if len(result.unexpected_keys) > 5 else ''}")
+    _check_loaded(model, cls, path, result.missing_keys, result.unexpected_keys, ())
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     return model
