@@ -147,6 +147,25 @@ def test_extra_terms_follow_the_trainers_gradient_accumulation_convention(tmp_pa
     assert trainer._extra_loss_scale(num_items_in_batch=None) == 1.0  # the Trainer divides the whole loss
 
 
+def test_load_best_model_at_end_restores_the_best_steps_level(tmp_path):
+    """The pruning level is not in the weights: after ``load_best_model_at_end`` the best checkpoint's weights
+    and scores must run at the level they were evaluated at (they kept the last step's density: a different
+    model from the one whose metric was best). ``greater_is_better`` on the loss only makes step 2 the best."""
+    pruning = PruningConfig(method="topK", block_shape=(8, 8), final_level=0.1, initial_warmup_steps=1,
+                            final_warmup_steps=1, prepare_options=REF)
+    args = training_args(tmp_path, max_steps=8, eval_strategy="steps", eval_steps=2, save_strategy="steps",
+                         save_steps=2, load_best_model_at_end=True, metric_for_best_model="eval_loss",
+                         greater_is_better=True, learning_rate=1e-4)
+    model = bert()
+    trainer = PruningTrainer(model=model, args=args, train_dataset=dataset(), eval_dataset=dataset(16, seed=6),
+                             pruning=pruning)
+    trainer.train()
+    assert trainer.state.best_model_checkpoint.endswith("checkpoint-2")
+    assert trainer.pruning_level == pytest.approx(trainer.pruning_schedule.value(2))
+    assert trainer.pruning_level > 0.5  # not the final 0.1
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(trainer.state.best_metric, rel=1e-6)
+
+
 def test_a_prepared_model_is_used_as_it_is(tmp_path):
     model = bert()
     names = prepare(model, method="magnitude", block_shape=(16, 16), targets=["query"], **REF)

@@ -17,7 +17,8 @@ Both take a ``PruningConfig``. On construction the model's encoder linears becom
   ``pruning_penalty`` (the unweighted ``regularization``) and ``distill_loss``.
 
 Evaluation (``evaluate``, ``eval_strategy``) runs with the masks as they are at that step, and its loss is the
-task loss alone (no penalty, no distillation). The Trainer's own ``loss`` log is the total loss. Training
+task loss alone (no penalty, no distillation); with ``load_best_model_at_end`` the best checkpoint comes back at
+the level of its step. The Trainer's own ``loss`` log is the total loss. Training
 refuses to start when the schedule leaves no pruning phase or when the initial masks keep no weight.
 
 The penalty and distillation terms are per-batch means, scaled like the Trainer's loss: where the Trainer takes
@@ -36,8 +37,11 @@ Needs ``accelerate`` (as the HF Trainer does): ``pip install "bermo[train]"``.
 """
 from __future__ import annotations
 
+import json
 import math
 import numbers
+import os
+import re
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -204,6 +208,30 @@ class _PruningCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self._trainer()._apply_pruning_level(state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        """After ``load_best_model_at_end`` the model holds the best checkpoint's weights and scores: set the level
+        it was evaluated at (the level lives in the MaskedLinear attributes, not in the weights)."""
+        if args.load_best_model_at_end and state.best_model_checkpoint is not None:
+            step = best_checkpoint_step(state)
+            if step is not None:
+                self._trainer()._apply_pruning_level(step)
+
+
+def best_checkpoint_step(state) -> Optional[int]:
+    """The global step of ``state.best_model_checkpoint``: ``state.best_global_step`` where transformers records
+    it, else the step in the checkpoint's own ``trainer_state.json``, else the ``checkpoint-<step>`` name."""
+    step = getattr(state, "best_global_step", None)
+    if step:
+        return int(step)
+    path = state.best_model_checkpoint
+    try:
+        with open(os.path.join(path, "trainer_state.json")) as f:
+            return int(json.load(f)["global_step"])
+    except (OSError, KeyError, ValueError, TypeError):
+        pass
+    found = re.search(r"checkpoint-(\d+)$", os.path.normpath(path))
+    return int(found.group(1)) if found else None
 
 
 class PruningMixin:
