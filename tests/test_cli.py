@@ -338,14 +338,28 @@ def test_bad_inputs_fail_before_training(tiny, tmp_path, capsys, monkeypatch):
     assert "gpt2" in err and "BERT" in err
 
 
-def test_eval_refuses_labels_the_model_does_not_know(tiny, tmp_path, capsys):
+def test_data_is_read_through_a_trained_classifiers_labels(tiny, tmp_path, capsys):
+    """eval and train map a file's labels onto a trained classifier's ids: a file with one class scores; a label
+    the model lacks is named; continuing from the classifier on data that names its classes otherwise is refused
+    (its labels were renumbered from the new file, silently flipping the trained head)."""
     out = tmp_path / "m"
     assert _train(tiny, out, "--save-steps", "0", arch="bert", steps=2) == 0
+    model = str(out / "model")
+    one = _write_tsv(tmp_path / "one.tsv", [row for row in _sentences(24, 2) if row[1] == 1])
+    assert main(["eval", "--model", model, "--validation-file", one, "--max-length", "16", "--output",
+                 str(tmp_path / "one.json")]) == 0
+    assert json.load(open(tmp_path / "one.json"))["examples"] == 12
     three = _write_tsv(tmp_path / "three.tsv", [("a", 0), ("b", 1), ("c", 2)])
-    err = _error(capsys, ["eval", "--model", str(out / "model"), "--validation-file", three, "--max-length", "16"])
-    assert "2 labels" in err and "3" in err
+    err = _error(capsys, ["eval", "--model", model, "--validation-file", three, "--max-length", "16"])
+    assert "label '2'" in err and f"the labels of --model {model}" in err
     err = _error(capsys, ["eval", "--model", tiny["model"], "--validation-file", tiny["dev"], "--max-length", "16"])
     assert "not a sequence classifier" in err
+    named = {split: _write_tsv(tmp_path / f"named_{split}.tsv", [(t, "fresh" if y else "rotten") for t, y in rows])
+             for split, rows in (("train", _sentences(16, 1)), ("dev", _sentences(8, 2)))}
+    err = _error(capsys, ["train", "--arch", "bert", "--model", model, "--output-dir", str(tmp_path / "again"),
+                          "--train-file", named["train"], "--validation-file", named["dev"], "--max-steps", "1",
+                          "--max-length", "16", "--no-progress"])
+    assert "label 'rotten'" in err and f"the labels of --model {model}" in err
 
 
 def test_probe_command(tiny, tmp_path):

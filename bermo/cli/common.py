@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -28,19 +28,41 @@ def add_data_arguments(parser: argparse.ArgumentParser, need_train: bool = True)
     group.add_argument("--max-length", type=int, default=128, help="tokens per example after truncation")
 
 
-def load_data(args: argparse.Namespace):
-    """``bermo.data.load_text_classification`` from the command's options; its errors become CommandErrors."""
+def load_data(args: argparse.Namespace, model_labels: Optional[List[str]] = None, model: str = ""):
+    """``bermo.data.load_text_classification`` from the command's options; its errors become CommandErrors.
+
+    ``model_labels``: the label names of a trained classifier (``classifier_labels``). Local files then map their
+    labels onto its ids (labels it lacks are an error; integer labels are taken as its ids), so a file holding
+    only some of its classes scores, and a file naming its classes in another order never flips the head. A
+    GLUE task brings its own names, which must equal the model's."""
     from ..data.text_classification import load_text_classification
 
     files = {k: getattr(args, k, None) for k in ("train_file", "validation_file", "test_file")}
     columns = tuple(c.strip() for c in args.text_columns.split(",")) if args.text_columns else None
     if columns is not None and (not all(columns) or len(columns) > 2):
         raise CommandError(f"--text-columns {args.text_columns!r}: give one or two column names, comma-separated")
+    names = model_labels if args.task is None else None
     try:
-        return load_text_classification(task=args.task, **files, text_columns=columns,
-                                        label_column=args.label_column)
+        data = load_text_classification(task=args.task, **files, text_columns=columns,
+                                        label_column=args.label_column, label_names=names)
     except (ValueError, OSError, KeyError) as err:  # OSError: missing files, and the hub out of reach
-        raise CommandError(str(err).strip("'\"")) from err
+        message = str(err).strip("'\"")
+        if names is not None and "label_names" in message:
+            message += f" (the labels of --model {model}, a trained classifier)"
+        raise CommandError(message) from err
+    if model_labels is not None and [str(n) for n in data.label_names] != [str(n) for n in model_labels]:
+        raise CommandError(f"--model {model} was trained with labels {model_labels}; the data's are "
+                           f"{data.label_names}")
+    return data
+
+
+def classifier_labels(config) -> Optional[List[str]]:
+    """The label names of a trained sequence classifier, in id order; None for other checkpoints and for
+    transformers' generic ``LABEL_<i>`` names (which say nothing about the classes)."""
+    if not is_classifier(config):
+        return None
+    names = [str(config.id2label[i]) for i in range(config.num_labels)]
+    return None if all(n == f"LABEL_{i}" for i, n in enumerate(names)) else names
 
 
 def checkpoint_config(path: str, what: str = "--model", allow_compressed: bool = False):

@@ -10,8 +10,8 @@ import argparse
 import time
 from typing import Any, Dict
 
-from .common import (CommandError, add_data_arguments, checkpoint_config, f1_score, is_classifier, load_data,
-                     write_json)
+from .common import (CommandError, add_data_arguments, checkpoint_config, classifier_labels, f1_score,
+                     is_classifier, load_data, write_json)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,10 +41,6 @@ def load_classifier(path: str):
     return AutoModelForSequenceClassification.from_pretrained(path)
 
 
-def _generic(names) -> bool:
-    return all(str(n) == f"LABEL_{i}" for i, n in enumerate(names))
-
-
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be at least 1; got {args.batch_size}")
@@ -62,16 +58,13 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     if args.max_length > config.max_position_embeddings:
         raise CommandError(f"--max-length {args.max_length} exceeds the model's {config.max_position_embeddings} "
                            "positions")
-    data = load_data(args)
+    data = load_data(args, classifier_labels(config), args.model)  # the data's labels on the model's ids
     if args.split not in data.datasets:
         raise CommandError(f"--split {args.split}: {data.source} has the splits {list(data.datasets)}")
     names = [config.id2label[i] for i in range(config.num_labels)]
     if config.num_labels != data.num_labels:
         raise CommandError(f"--model {args.model} predicts {config.num_labels} labels {names} but the data has "
                            f"{data.num_labels} ({data.label_names})")
-    if not _generic(names) and [str(n) for n in names] != [str(n) for n in data.label_names]:
-        raise CommandError(f"--model {args.model} was trained with labels {names}; the data's are "
-                           f"{data.label_names}")
 
     import numpy as np
     import torch

@@ -24,8 +24,8 @@ import os
 import time
 from typing import Any, Dict, Optional, Tuple
 
-from .common import (CommandError, add_data_arguments, checkpoint_config, is_classifier, load_data,
-                     metrics_function, write_json)
+from .common import (CommandError, add_data_arguments, checkpoint_config, classifier_labels, is_classifier,
+                     load_data, metrics_function, write_json)
 
 METHODS = ("topK", "magnitude", "threshold", "sigmoied_threshold", "l0")
 DENSITY_METHODS = ("topK", "magnitude")
@@ -369,7 +369,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     if args.max_length > config.max_position_embeddings:
         raise CommandError(f"--max-length {args.max_length} exceeds the {config.max_position_embeddings} positions "
                            f"of --model {args.model}")
-    data = load_data(args)
+    # continuing from a trained classifier: the data's labels on its head's ids (a file naming them in another
+    # order, e.g. "fresh"/"rotten" for "0"/"1", silently flipped the head)
+    data = load_data(args, classifier_labels(config), args.model)
     if "train" not in data.datasets or "validation" not in data.datasets:
         raise CommandError(f"{data.source}: needs a train and a validation split; has {list(data.datasets)}")
 

@@ -353,7 +353,8 @@ def _load_files(files: Dict[str, str], text_columns: Optional[Union[str, Sequenc
         names, to_id = _check_label_names(label_names), {}
     else:
         raise ValueError(f"no labels in {', '.join(files.values())}: a test file alone has no labels to learn the "
-                         f"classes from; pass label_names (--label-names) or a training/validation file")
+                         f"classes from; pass label_names (bermo eval takes them from the trained model) or a "
+                         f"training/validation file")
 
     label_feature = datasets.ClassLabel(names=names)
     for split, values in labels.items():
@@ -551,7 +552,8 @@ def _label_mapping(labels: Dict[str, List[str]], files: Dict[str, str], fmt: str
             to_id = {value: i for i, value in enumerate(names)}
         if len(names) < 2:
             raise ValueError(f"{split} file {files[split]} has a single label {names}: a classifier needs at least "
-                             f"two classes (pass label_names, --label-names, to name them all)")
+                             f"two classes (pass label_names to name them all; bermo eval takes them from the trained "
+                             f"model)")
         reference = f"the labels {names} of {split} file {files[split]}"
     for split, values in labels.items():
         for i, value in enumerate(values):
