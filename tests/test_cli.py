@@ -153,6 +153,30 @@ def test_resume_continues_the_run(tiny, tmp_path):
     assert resumed["final_dev"]["eval_loss"] == pytest.approx(_summary(whole)["final_dev"]["eval_loss"], rel=1e-6)
 
 
+def test_an_output_dir_holding_a_run_is_resumed_replaced_or_refused(tiny, tmp_path, capsys):
+    """A second run in the same folder overwrote the first's model and summary, its checkpoint rotation deleted
+    the first's checkpoints and the first's plots stayed mixed in; --resume of another run crashed late."""
+    out = tmp_path / "run"
+    assert _train(tiny, out, "--save-steps", "2", steps=4) == 0
+    assert (out / "checkpoint-4").is_dir() and (out / "mixing_weights.png").exists()
+    err = _error(capsys, ["train", "--arch", "bert", "--model", tiny["model"], "--output-dir", str(out),
+                          "--train-file", tiny["train"], "--validation-file", tiny["dev"], "--max-steps", "2"])
+    assert "holds a previous run" in err and "--resume" in err and "--overwrite" in err
+    err = _error(capsys, ["train", "--arch", "bermo", "--model", tiny["model"], "--output-dir", str(out),
+                          "--train-file", tiny["train"], "--validation-file", tiny["dev"], "--max-steps", "6",
+                          "--seed", "7", "--resume"])
+    assert "started with other options" in err and "--seed 42 (now 7)" in err
+    assert _train(tiny, out, "--save-steps", "2", "--overwrite", arch="bert", steps=2) == 0
+    left = sorted(os.listdir(out))
+    assert "checkpoint-4" not in left and "mixing_weights.png" not in left and "checkpoint-2" in left
+    assert _summary(out)["arch"] == "bert"
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    err = _error(capsys, ["train", "--arch", "bert", "--model", tiny["model"], "--output-dir", str(afile),
+                          "--train-file", tiny["train"], "--validation-file", tiny["dev"]])
+    assert "a file is there" in err
+
+
 def test_divergence_is_detected_and_reported(tiny, tmp_path, capsys):
     out = tmp_path / "nan"
     # a learning rate this large sends the weights, and with them the loss, to inf/NaN within a few steps

@@ -8,19 +8,24 @@ What a run leaves in ``--output-dir``:
 * ``model/``: the final model and tokenizer (a pruned model with its masks multiplied into the weights, so any
   transformers loader reads it back exactly: ``bermo.pruning.bake_masks``); ``compressed/`` with ``--compress``;
 * ``checkpoint-<step>/``: the Trainer's checkpoints (``--save-steps``), from which ``--resume`` continues;
-* ``curve.csv``, ``curve.json``, ``curve.png``: dev metrics every ``--eval-steps`` and the training loss;
+* ``curve.csv`` (dev metrics every ``--eval-steps``), ``curve.json`` (those and the training loss every
+  ``--logging-steps``), ``curve.png`` (both);
 * ``summary.json``: options, final dev metrics, divergence, density, mixing weights, times, paths;
+* ``run_options.json``: the options that define the run, which ``--resume`` must match;
 * ``sparsity.md`` (pruned runs) and ``mixing_weights.png`` (BERMo runs).
 
 Every option is checked, and the data, labels and checkpoint read, before training starts: a bad input is an
-error naming what is wrong, never a half-run.
+error naming what is wrong, never a half-run. A folder that holds a run is continued (``--resume``), replaced
+(``--overwrite``) or refused, never mixed with a second run.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import os
+import shutil
 import time
 from typing import Any, Dict, Optional, Tuple
 
@@ -68,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--resume", nargs="?", const="last", metavar="CHECKPOINT",
                        help="continue from a checkpoint: a checkpoint folder, or (no value) the last one in "
                             "--output-dir")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in --output-dir (its checkpoints, model, curve, summary and "
+                            "plots are deleted first); without it, a folder holding a run is refused")
     group.add_argument("--freeze-embeddings", action="store_true",
                        help="do not train the embeddings (movement pruning's recipe)")
     group.add_argument("--mix-layer-norm", action="store_true", help="BERMo: layer-normalise each layer before mixing")
@@ -129,6 +137,8 @@ def check_options(args: argparse.Namespace) -> None:
     def bad(message):
         raise CommandError(message)
 
+    if args.resume and args.overwrite:
+        bad("--resume continues the run in --output-dir and --overwrite deletes it: pass one of them")
     for name in ("epochs", "lr", "mix_lr", "scores_lr", "temperature"):
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value > 0):
@@ -359,8 +369,63 @@ def last_checkpoint(output_dir: str, resume: str) -> str:
     return found
 
 
+# What a run writes in --output-dir (and --overwrite deletes); checkpoint-<step> folders besides
+RUN_OUTPUTS = ("model", "compressed", "summary.json", "curve.csv", "curve.json", "curve.png", "sparsity.md",
+               "mixing_weights.png", "run_options.json")
+# The options that make a run what it is: --resume refuses to continue a run with other values
+RUN_DEFINING = ("arch", "model", "task", "train_file", "validation_file", "text_columns", "label_column",
+                "max_train_samples", "subset_seed", "seed", "max_length", "prune", "block", "mix_layer_norm",
+                "freeze_embeddings", "teacher")
+
+
+def previous_run(output_dir: str):
+    """The names of what an earlier run left in ``output_dir`` (empty when there is none)."""
+    if not os.path.isdir(output_dir):
+        return []
+    return sorted(name for name in os.listdir(output_dir)
+                  if name in RUN_OUTPUTS or (name.startswith("checkpoint-") and name[11:].isdigit()))
+
+
+def check_output_dir(args: argparse.Namespace) -> None:
+    """A folder holding a run is continued (``--resume``, with the same defining options), replaced
+    (``--overwrite``) or refused: a second run there overwrote the first's model and summary, its checkpoint
+    rotation deleted the first run's checkpoints, and the first run's leftovers stayed mixed in."""
+    out = args.output_dir
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CommandError(f"--output-dir {out}: a file is there, not a folder")
+    found = previous_run(out)
+    if args.resume:
+        saved = os.path.join(out, "run_options.json")
+        if os.path.isfile(saved):
+            with open(saved) as f:
+                before = json.load(f)
+            changed = [k for k in RUN_DEFINING if k in before and before[k] != getattr(args, k, None)]
+            if changed:
+                raise CommandError("--resume: the run in " + out + " was started with other options: " + ", ".join(
+                    f"--{k.replace('_', '-')} {before[k]!r} (now {getattr(args, k, None)!r})" for k in changed))
+        return
+    if not found:
+        return
+    if not args.overwrite:
+        shown = ", ".join(found[:5]) + (" ..." if len(found) > 5 else "")
+        raise CommandError(f"--output-dir {out} holds a previous run ({shown}): pass --resume to continue it, "
+                           "--overwrite to replace it, or another folder")
+    if int(os.environ.get("RANK", "0")) == 0:  # one process clears it
+        for name in found:
+            path = os.path.join(out, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+def write_run_options(args: argparse.Namespace) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:
+        os.makedirs(args.output_dir, exist_ok=True)
+        write_json(os.path.join(args.output_dir, "run_options.json"),
+                   {k: getattr(args, k, None) for k in RUN_DEFINING})
+
+
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     check_options(args)
+    check_output_dir(args)
     started = time.time()
     config = checkpoint_config(args.model)
     if args.teacher:
@@ -441,6 +506,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     except ValueError as err:
         raise CommandError(f"pruning options: {err}") from err
     ignore = ["mixing_weights", "hidden_states", "attentions"]
+    if not resume:
+        write_run_options(args)
     result = trainer.train(resume_from_checkpoint=resume, ignore_keys_for_eval=ignore)
     final = {}
     if curve.evals and curve.evals[-1]["step"] == trainer.state.global_step:
