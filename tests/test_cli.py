@@ -77,9 +77,12 @@ def _summary(out):
 @pytest.mark.parametrize("arch", ["bert", "bermo"])
 def test_train_then_eval(tiny, tmp_path, arch, capsys):
     out = tmp_path / arch
-    assert _train(tiny, out, "--save-steps", "0", arch=arch) == 0
+    backend = ["--mix-backend", "reference"] if arch == "bermo" else []
+    assert _train(tiny, out, "--save-steps", "0", *backend, arch=arch) == 0
     s = _summary(out)
     assert s["arch"] == arch and s["steps"] == 4 and s["num_labels"] == 2 and not s["nan_loss"]
+    # --mix-backend chose for this machine: the saved model picks its backend where it runs
+    assert json.load(open(out / "model" / "config.json")).get("mix_backend") is None
     assert 0.0 <= s["final_dev"]["eval_accuracy"] <= 1.0
     assert ("mixing_weights" in s) == (arch == "bermo")
     if arch == "bermo":

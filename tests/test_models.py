@@ -246,6 +246,33 @@ def test_config_accepts_every_bermo_backend(backend):
     assert config.mix_backend == (None if backend is None else backend.strip().lower())
 
 
+def test_a_saved_backend_that_cannot_run_here_falls_back_with_a_warning(monkeypatch):
+    """A checkpoint saved with ``mix_backend="triton"`` on a GPU stopped the model on a CPU (and no option could
+    override it): the model now warns once and chooses per device, computing the same."""
+    from bermo import backends
+
+    ids = torch.randint(0, 60, (2, 7), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = BermoModel(tiny_config(mix_backend="reference")).eval()
+    want = model(ids).pooler_output
+    monkeypatch.setattr(backends, "unavailable_reason", lambda name, device: "not on this machine")
+    with pytest.warns(UserWarning, match="mix_backend='reference' cannot run the mix on cpu tensors .*not on this"):
+        got = model(ids).pooler_output
+    assert model.scalar_mix.backend is None
+    torch.testing.assert_close(got, want)
+
+
+def test_float_attention_mask_with_layer_norm():
+    """transformers takes float 0/1 attention masks; the mix's layer norm refused them (a TypeError)."""
+    torch.manual_seed(0)
+    model = BermoModel(tiny_config(mix_layer_norm=True)).eval()
+    ids = torch.randint(0, 60, (2, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 4:] = 0
+    torch.testing.assert_close(model(ids, attention_mask=mask.float()).pooler_output,
+                               model(ids, attention_mask=mask).pooler_output)
+
+
 def test_mixing_weights_accessors_read_the_mix_in_every_class():
     torch.manual_seed(6)
     initial = [0.4, -0.1, 0.0, 0.9]

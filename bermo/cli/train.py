@@ -531,6 +531,8 @@ def finish(args, trainer, tokenizer, data, curve, final, result, agree, started,
 
     model = trainer.model
     model.eval()
+    if getattr(model.config, "mix_backend", None) is not None:
+        model.config.mix_backend = None  # --mix-backend chose for this machine: the saved model picks per device
     paths: Dict[str, str] = {}
     summary: Dict[str, Any] = {
         "command": "bermo train", "arch": args.arch, "model": args.model, "data": data.source,

@@ -36,7 +36,9 @@ class BermoConfig(BertConfig):
         mix_initial_scalars: initial values of the mixing scalars ``s`` (default zeros: uniform weights);
             ``gamma`` starts at 1.
         mix_backend: force a ``bermo.backends`` backend for the mix: ``"auto"``, ``"triton"``, ``"cpu"`` or
-            ``"reference"``. Default ``None``: ``$BERMO_BACKEND`` if set, else chosen per device.
+            ``"reference"``. Default ``None``: ``$BERMO_BACKEND`` if set, else chosen per device. Where the
+            forced backend cannot run on the model's device (a checkpoint saved on other hardware), the model
+            warns once and chooses per device.
 
     Saved configurations carry an ``auto_map`` that points transformers' custom-code mechanism at the installed
     bermo, so ``AutoModel.from_pretrained(path, trust_remote_code=True)`` loads a BERMo checkpoint even in a

@@ -1,6 +1,8 @@
 """BERMo models on Hugging Face transformers: a BERT encoder whose head reads a scalar mix of its layers."""
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -10,9 +12,17 @@ from transformers import AutoModel, AutoModelForSequenceClassification
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions, SequenceClassifierOutput
 from transformers.models.bert.modeling_bert import BertModel, BertPooler, BertPreTrainedModel
 
+from .. import backends
 from ..nn.scalar_mix import ScalarMix
 from . import _autoregister
 from .configuration_bermo import BermoConfig
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_backend_fallback(name: str, device_type: str, reason: str) -> None:
+    warnings.warn(f"BERMo: config.mix_backend={name!r} cannot run the mix on {device_type} tensors ({reason}); "
+                  "using the automatic choice for this device (set config.mix_backend=None to choose per device)",
+                  UserWarning, stacklevel=3)
 
 try:  # transformers >= 5: initialisers that leave weights loaded from a checkpoint alone
     from transformers import initialization as _hf_init
@@ -122,6 +132,19 @@ class BermoModel(BermoPreTrainedModel, BertModel):
             rebuild_compressed_layout(self)
         self.post_init()
 
+    def _mix_backend(self, device: torch.device) -> Optional[str]:
+        """``config.mix_backend`` where it can run on ``device``; else, with one warning, the automatic choice.
+        A checkpoint's config carries the backend of the machine it was saved on (``"triton"`` from a GPU run), a
+        choice for that hardware: it must not stop the model running on another."""
+        name = self.config.mix_backend
+        if name in (None, "auto"):
+            return name
+        reason = backends.unavailable_reason(name, device)
+        if reason is None:
+            return name
+        _warn_backend_fallback(name, device.type, reason)
+        return None
+
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None,
                 output_mixed_sequence: Optional[bool] = None, **kwargs):
@@ -134,12 +157,15 @@ class BermoModel(BermoPreTrainedModel, BertModel):
                                   output_hidden_states=True, return_dict=True, **kwargs)
         hidden = outputs.hidden_states
         layers = [hidden[i] for i in self.config.mixed_layer_indices()]
+        self.scalar_mix.backend = self._mix_backend(layers[0].device)
         mixed_seq = None
         if output_mixed_sequence or self.config.mix_layer_norm:
             mask = None
             if self.config.mix_layer_norm:
                 mask = attention_mask if attention_mask is not None else torch.ones(
                     layers[0].shape[:-1], dtype=torch.bool, device=layers[0].device)
+                if mask.is_floating_point():  # transformers takes float 0/1 masks too; the mix wants bool/int
+                    mask = mask != 0
             mixed_seq = self.scalar_mix(layers, mask)
             mixed_cls = mixed_seq[:, 0]
         else:
