@@ -118,8 +118,8 @@ def is_classifier(config) -> bool:
 
 
 def metrics_function(num_labels: int):
-    """``compute_metrics`` for the Trainer: accuracy, macro F1 (F1 of class 1 for two classes) and the share of
-    the most frequent predicted label (what the divergence check reads)."""
+    """``compute_metrics`` for the Trainer: accuracy, F1 (``f1_score``), Matthews correlation (``matthews``;
+    GLUE's metric for CoLA) and the share of the most frequent predicted label (what the divergence check reads)."""
 
     def compute(eval_pred) -> Dict[str, float]:
         logits = eval_pred.predictions
@@ -128,20 +128,36 @@ def metrics_function(num_labels: int):
         preds = np.asarray(logits).argmax(-1)
         labels = np.asarray(eval_pred.label_ids)
         return {"accuracy": float((preds == labels).mean()), "f1": f1_score(labels, preds, num_labels),
+                "matthews": matthews(labels, preds, num_labels),
                 "predicted_majority_share": float(np.bincount(preds, minlength=num_labels).max() / len(preds))}
 
     return compute
 
 
 def f1_score(labels: np.ndarray, preds: np.ndarray, num_labels: int) -> float:
-    """F1 of the positive class for two labels, the unweighted mean over classes otherwise."""
+    """F1 of the positive class (id 1) for two labels; otherwise the unweighted mean over the classes present
+    in the labels or the predictions (a class absent from both, e.g. in a small dev subset, is no evidence of
+    anything: counting it as 0 pulled the mean down). As scikit-learn's ``binary`` and ``macro`` F1."""
+    present = sorted(set(np.unique(labels).tolist()) | set(np.unique(preds).tolist()))
     scores = []
-    for c in ([1] if num_labels == 2 else range(num_labels)):
+    for c in ([1] if num_labels == 2 else present):
         tp = float(((preds == c) & (labels == c)).sum())
         fp = float(((preds == c) & (labels != c)).sum())
         fn = float(((preds != c) & (labels == c)).sum())
         scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(scores))
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def matthews(labels: np.ndarray, preds: np.ndarray, num_labels: int) -> float:
+    """Matthews correlation coefficient (multi-class form, Gorodkin 2004; as scikit-learn's): 0 when either the
+    labels or the predictions hold a single class."""
+    k = max(num_labels, int(labels.max(initial=0)) + 1, int(preds.max(initial=0)) + 1)
+    confusion = np.bincount(labels.astype(np.int64) * k + preds.astype(np.int64), minlength=k * k).reshape(k, k)
+    confusion = confusion.astype(np.float64)
+    t, p = confusion.sum(1), confusion.sum(0)
+    n, correct = confusion.sum(), np.trace(confusion)
+    denominator = np.sqrt((n * n - p @ p) * (n * n - t @ t))
+    return float((correct * n - t @ p) / denominator) if denominator > 0 else 0.0
 
 
 def write_json(path: str, payload: Dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ import time
 from typing import Any, Dict
 
 from .common import (CommandError, add_data_arguments, checkpoint_config, classifier_labels, f1_score,
-                     is_classifier, load_data, write_json)
+                     is_classifier, load_data, matthews, write_json)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,14 +106,16 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     p, y = torch.cat(preds).numpy(), torch.cat(labels).numpy()
     result = {"command": "bermo eval", "model": args.model, "data": data.source, "split": args.split,
               "examples": int(len(y)), "accuracy": float((p == y).mean()),
-              "f1": f1_score(y, p, data.num_labels),
+              "f1": f1_score(y, p, data.num_labels), "matthews": matthews(y, p, data.num_labels),
+              "f1_of": f"label {data.label_names[1]!r}" if data.num_labels == 2 else "macro average",
               "majority_share": float(np.bincount(y, minlength=data.num_labels).max() / len(y)),
               "model_seconds": round(seconds, 4), "examples_per_second": round(len(y) / seconds, 1),
               "tokens_per_second": round(tokens / seconds, 1), "batch_size": args.batch_size,
               "device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
               "parameters": sum(t.numel() for t in model.parameters())}
     print(f"bermo eval: {result['examples']} {args.split} examples of {data.source}: accuracy "
-          f"{result['accuracy']:.4f}, f1 {result['f1']:.4f}; {result['examples_per_second']:.0f} examples/s, "
+          f"{result['accuracy']:.4f}, f1 {result['f1']:.4f} ({result['f1_of']}), matthews {result['matthews']:.4f}; "
+          f"{result['examples_per_second']:.0f} examples/s, "
           f"{result['tokens_per_second']:.0f} tokens/s (model time, batch {args.batch_size}, {device}, {args.dtype}); "
           f"{result['parameters']:,} parameters")
     if args.output:
