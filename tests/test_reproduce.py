@@ -48,3 +48,15 @@ def test_reproduce_quick_writes_the_whole_report(tmp_path):
     refused = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "reproduce.py"), "--quick",
                               "--record"], capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "--quick" in refused.stderr
+
+
+def test_speedup_counts_seeds_that_never_reached_the_target():
+    """A seed that never reached the target was dropped, so the side that failed looked faster (a quick run
+    printed 1.00x with BERT's steps "3, -"); now it counts as the whole run and the ratio is a bound."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from reproduce import speedup_of
+
+    assert speedup_of({"bert": [100, 120], "bermo": [50, 60]}, 200) == (2.0, "")
+    assert speedup_of({"bert": [3, None], "bermo": [3, 3]}, 9) == (2.0, "at least ")
+    assert speedup_of({"bert": [4, 4], "bermo": [None, 4]}, 8) == (pytest.approx(4 / 6), "at most ")
+    assert speedup_of({"bert": [None], "bermo": [None]}, 8) == (None, "")
