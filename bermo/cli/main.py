@@ -25,7 +25,7 @@ COMMANDS = {
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(prog="bermo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="bermo", description=__doc__.split("\n\n")[0].replace("``", ""))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
