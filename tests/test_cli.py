@@ -459,3 +459,18 @@ def test_train_in_bf16_mixed_precision(tiny, tmp_path, arch, extra):
     import safetensors.torch
     weights = safetensors.torch.load_file(str(out / "model" / "model.safetensors"))
     assert {t.dtype for t in weights.values()} == {torch.float32}
+
+
+@pytest.mark.parametrize("method, extra, want", [
+    ("l0", ["--penalty", "0.1"], 2.197), ("threshold", ["--final-threshold", "0.1"], 1.0),
+    ("topK", ["--final-density", "0.1"], None), ("l0", ["--penalty", "0.1", "--scores-init", "0.5"], 0.5)])
+def test_initial_scores_by_method(method, extra, want):
+    """l0 starts at the movement-pruning recipe's scores (log 9: an eval mask of 0.98); at 0 every weight was
+    halved before training began. threshold starts above its initial threshold; the others at 0."""
+    from bermo.cli.main import build_parser
+    from bermo.cli.train import pruning_config
+
+    args = build_parser().parse_args(["train", "--arch", "bert", "--model", "m", "--output-dir", "o", "--prune",
+                                      method, *extra])
+    config, _ = pruning_config(args, 100, None, None)
+    assert config.prepare_options.get("scores_init") == want

@@ -35,6 +35,7 @@ from .common import (CommandError, add_data_arguments, checkpoint_config, classi
 METHODS = ("topK", "magnitude", "threshold", "sigmoied_threshold", "l0")
 DENSITY_METHODS = ("topK", "magnitude")
 THRESHOLD_METHODS = ("threshold", "sigmoied_threshold")
+L0_SCORES_INIT = 2.197  # log 9: sigmoid = 0.9
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,7 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="sigmoied_threshold / threshold / l0: final weight of the score penalty")
     group.add_argument("--scores-lr", type=float, default=1e-2, help="learning rate of the mask scores")
     group.add_argument("--scores-init", type=float,
-                       help="initial mask scores (default 0; threshold: 1.0, above its initial threshold 0)")
+                       help="initial mask scores (default 0; threshold: 1.0, above its initial threshold 0; l0: "
+                            f"{L0_SCORES_INIT}, the movement-pruning recipe's, an eval mask of 0.98)")
     group.add_argument("--teacher", help="a fine-tuned classifier to distil from (needs --prune)")
     group.add_argument("--alpha", type=float, default=0.5, help="distillation share of the loss")
     group.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
@@ -259,6 +261,10 @@ def pruning_config(args: argparse.Namespace, steps: int, model, teacher):
     scores_init = args.scores_init
     if scores_init is None and args.prune == "threshold":
         scores_init = 1.0
+    if scores_init is None and args.prune == "l0":
+        # the movement-pruning recipe's l0 start (mask_scale 2.197 = log 9): eval mask 1.2 * 0.9 - 0.1 = 0.98, the
+        # model nearly as it was; scores at 0 would halve every weight (1.2 * 0.5 - 0.1) before training began
+        scores_init = L0_SCORES_INIT
     if scores_init is not None:
         options["scores_init"] = scores_init
     level = args.final_density if args.prune in DENSITY_METHODS else args.final_threshold
