@@ -192,7 +192,8 @@ def flat_rows_forward(x2d: torch.Tensor, weight: torch.Tensor, lists, bias, rows
 
 def list_values(bsr_values: torch.Tensor, lists) -> torch.Tensor:
     """BSR values (kept blocks, row-major) in the flat list's order, a zero-scaled copy of block 0 for each
-    placeholder: what BlockSparseLinear would store at compression time."""
+    placeholder: what BlockSparseLinear would store at compression time. The blocks must be the list's tiles
+    (block shape (side, side))."""
     return bsr_values[lists[5].long()].contiguous()
 
 

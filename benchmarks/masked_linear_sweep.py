@@ -95,8 +95,10 @@ def gmean(values):
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
-def sweep(label, configs, cases, run, want):
-    """Time ``run(c, cfg)`` for every config and case; rows and the config with the best geometric mean."""
+def sweep(label, configs, cases, run, want, candidates=False):
+    """Time ``run(c, cfg)`` for every config and case; rows and the config with the best geometric mean (None
+    when every one failed). A wrong result stops the run, except for ``candidates`` (unmeasured kernels: the
+    failure is recorded in the rows and the next one is tried)."""
     rows, scores = [], {}
     for cfg in configs:
         times = []
@@ -104,8 +106,12 @@ def sweep(label, configs, cases, run, want):
             try:
                 check(run(c, cfg), want(c), f"{label} {cfg} {N}x{K}")
                 ms = graph_ms(lambda c=c: run(c, cfg))
-            except SystemExit:
-                raise
+            except SystemExit as exc:
+                if not candidates:
+                    raise
+                rows.append({"step": label, "config": str(cfg), "shape": f"{N}x{K}", "ms": None, "note": str(exc)})
+                times = None
+                break
             except Exception as exc:  # a configuration that does not fit (shared memory): recorded, skipped
                 rows.append({"step": label, "config": str(cfg), "shape": f"{N}x{K}", "ms": None,
                              "note": f"{type(exc).__name__}: {str(exc)[:80]}"})
@@ -117,6 +123,9 @@ def sweep(label, configs, cases, run, want):
             scores[cfg] = gmean(times)
         print(f"{label} {cfg}: " + (" ".join(f"{t * 1e3:.1f}us" for t in times) if times else "failed"),
               flush=True)
+    if not scores:
+        print(f"{label}: every configuration failed", flush=True)
+        return rows, None
     best = min(scores, key=scores.get)
     print(f"{label}: best {best} ({scores[best] * 1e3:.1f} us geometric mean)", flush=True)
     return rows, best
@@ -176,7 +185,7 @@ def main():
 
         rows += sweep("forward (package, for the candidates)", [chosen["forward"]], sparse, fwd, fwd_want)[0]
         r, best_ex = sweep("forward candidates (rows per program, tokens, warps, stages, L1)", ex.CANDIDATES,
-                           sparse, candidate, fwd_want)
+                           sparse, candidate, fwd_want, candidates=True)
         rows += r
         chosen["forward candidate"] = best_ex
         flat_lists = {}
@@ -191,7 +200,7 @@ def main():
             return ex.flat_rows_forward(c["x"], c["w"], lists_for(c, cfg[0]), c["b"], *cfg)
 
         r, best_flat = sweep("forward candidates: flat (rows per program, tokens, warps, stages, L1, branch)",
-                             ex.FLAT_CANDIDATES, sparse, flat, fwd_want)
+                             ex.FLAT_CANDIDATES, sparse, flat, fwd_want, candidates=True)
         rows += r
         chosen["forward flat candidate"] = best_flat
         for (N, K), c in sparse.items():
@@ -208,7 +217,7 @@ def main():
         rows += sweep("block-sparse (package, for the candidates)", [chosen["block-sparse"]], sparse, bsl,
                       fwd_want)[0]
         r, best_flat_bsl = sweep("block-sparse candidates: flat (rows per program, tokens, warps, stages, L1, "
-                                 "branch)", ex.FLAT_BSL_CANDIDATES, sparse, flat_bsl, fwd_want)
+                                 "branch)", ex.FLAT_BSL_CANDIDATES, sparse, flat_bsl, fwd_want, candidates=True)
         rows += r
         chosen["block-sparse flat candidate"] = best_flat_bsl
 

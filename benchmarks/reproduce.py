@@ -412,8 +412,8 @@ def report(cfg, args, parts, seconds, out) -> str:
               "class (>= 98% identical, at about the majority class's accuracy) either after the run had been more "
               "than 0.02 above the majority class, or at the end (`bermo train`'s rule, re-applied here to every "
               f"run's curve); 'collapsed at end' counts the final models alone. With {cfg['dev']} dev sentences an "
-              f"accuracy has a binomial sd of about {0.5 / math.sqrt(cfg['dev']):.3f}, so a count of 1 or 2 out of 3 is "
-              "weak evidence either way. Speed: "
+              f"accuracy has a binomial sd of about {0.5 / math.sqrt(cfg['dev']):.3f}, so a count of 1 or 2 out of 3 "
+              "is weak evidence either way. Speed: "
               "`bermo eval` tokens/s of the compressed model / the same model dense (masks multiplied in), "
               "batch 32, this CPU.", "",
               "| method | arch | final dev acc (mean ± sd) | density reached | diverged | collapsed at end | "

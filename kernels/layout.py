@@ -93,12 +93,14 @@ def pointer_table(tensors: Sequence[Optional[torch.Tensor]], device) -> torch.Te
     Device tables are kept (a small LRU keyed by the addresses and the stream), since PyTorch's caching
     allocator hands the same addresses back step after step: a repeated call then costs no copy at all.
 
-    Inside a CUDA graph capture (``torch.compile(mode="reduce-overhead")``, ``torch.cuda.graph``) the addresses
-    are those of the graph's fixed buffers, so the replays may bake them in; but the table must outlive the
-    graph and hold its values at every replay. There it is written by one fill per address (kernels, captured
-    with their values: no host buffer the replay would re-read) and kept for the life of the process, and a
-    cached table the capture reads is kept likewise (the LRU would free it for reuse). A table made during a
-    capture is filled only when the graph replays, so it never enters the cache of eager calls."""
+    Inside a CUDA graph capture (``torch.cuda.graph``) the addresses are those of the graph's fixed buffers, so
+    the replays may bake them in; but the table must outlive the graph and hold its values at every replay.
+    There it is written by one fill per address (kernels captured with their values: no host buffer the replay
+    would re-read; L small launches per table at every replay) and kept for the life of the process (a few
+    bytes, but in the capture's memory pool, whose block it keeps), and a cached table the capture reads is
+    kept likewise (the LRU would free it for reuse). A table made during a capture is filled only when the
+    graph replays, so it never enters the cache of eager calls. Not yet run on a GPU under
+    ``torch.compile(mode="reduce-overhead")``, whose graph trees check their pool's live blocks."""
     ptrs = tuple(0 if t is None else t.data_ptr() for t in tensors)
     device = torch.device(device)
     if device.type != "cuda":

@@ -169,6 +169,13 @@ def test_an_output_dir_holding_a_run_is_resumed_replaced_or_refused(tiny, tmp_pa
                           "--train-file", tiny["train"], "--validation-file", tiny["dev"], "--max-steps", "6",
                           "--seed", "7", "--resume"])
     assert "started with other options" in err and "--seed 42 (now 7)" in err
+    # --overwrite deletes only once every input has been read: a bad input leaves the old run as it was
+    err = _error(capsys, ["train", "--arch", "bert", "--model", str(tmp_path / "nowhere"), "--output-dir", str(out),
+                          "--train-file", tiny["train"], "--validation-file", tiny["dev"], "--overwrite"])
+    assert "no such folder" in err and (out / "checkpoint-4").is_dir() and (out / "model").is_dir()
+    err = _error(capsys, ["train", "--arch", "bermo", "--model", str(out / "model"), "--output-dir", str(out),
+                          "--train-file", tiny["train"], "--validation-file", tiny["dev"], "--overwrite"])
+    assert "lies in the run --overwrite would delete" in err and (out / "model").is_dir()
     assert _train(tiny, out, "--save-steps", "2", "--overwrite", arch="bert", steps=2) == 0
     left = sorted(os.listdir(out))
     assert "checkpoint-4" not in left and "mixing_weights.png" not in left and "checkpoint-2" in left

@@ -166,6 +166,22 @@ def test_load_best_model_at_end_restores_the_best_steps_level(tmp_path):
     assert trainer.evaluate()["eval_loss"] == pytest.approx(trainer.state.best_metric, rel=1e-6)
 
 
+def test_the_best_step_is_the_best_checkpoints_own(tmp_path):
+    """transformers' ``best_global_step`` follows every better evaluation, saved or not: with evaluations between
+    saves it named a step whose weights were never saved (checkpoint-2 loaded, step 3's level set)."""
+    import json
+    from types import SimpleNamespace
+
+    from bermo.pruning.trainer import best_checkpoint_step
+
+    folder = tmp_path / "checkpoint-2"
+    folder.mkdir()
+    state = SimpleNamespace(best_global_step=3, best_model_checkpoint=str(folder))
+    assert best_checkpoint_step(state) == 2  # from the folder's name
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    assert best_checkpoint_step(state) == 2
+
+
 def test_a_prepared_model_is_used_as_it_is(tmp_path):
     model = bert()
     names = prepare(model, method="magnitude", block_shape=(16, 16), targets=["query"], **REF)

@@ -93,33 +93,46 @@ def test_sixteen_bit_outputs_round_to_nearest_on_gpu(dtype, do_layer_norm):
 
 
 def test_captured_cuda_graph_replays_with_new_values():
-    """The layer addresses reach the kernels through a device table: inside a CUDA graph capture it is written
-    by captured fills and kept alive, so replays with new values in the graph's inputs stay right, and an eager
-    call right after the capture (before any replay) does not read a table the capture left unwritten."""
+    """The layer addresses reach the kernels through a device table. Inside a CUDA graph capture a new table is
+    written by captured fills, kept alive and kept out of the eager cache (an eager call right after the capture,
+    before any replay, read it unwritten); a cached table the capture reads is kept alive though the cache evicts
+    it. Replays with new values in the graph's inputs stay right."""
     from bermo.kernels import layout
 
     gen = torch.Generator().manual_seed(3)
     L, shape = 5, (4, 33, 96)
     module = ScalarMix(L, initial_scalar_parameters=torch.randn(L, generator=gen).tolist()).cuda()
-    xs = [torch.randn(shape, generator=gen).cuda() for _ in range(L)]
-    stream = torch.cuda.Stream()
+    w = torch.softmax(torch.cat([p.detach() for p in module.scalar_parameters]), 0)
+
+    def want(layers):
+        return module.gamma.detach() * sum(wk * x for wk, x in zip(w, layers))
+
+    def fresh():
+        return [torch.randn(shape, generator=gen).cuda() for _ in range(L)]
+
+    warm, new = fresh(), fresh()
+    stream = torch.cuda.Stream()  # one stream for every call here: one table key per set of layers
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        module(xs)  # warm-up (compiles the kernels) outside the capture
+        module(warm)  # compiles the kernels and caches a filled table for `warm`
+    graphs, outs = [torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()], []
+    for graph, layers in zip(graphs, (new, warm)):  # a table made in the capture; a cached one read by it
+        with torch.cuda.graph(graph, stream=stream):
+            outs.append(module(layers))
+    with torch.cuda.stream(stream):
+        eager = module(new)  # right after the captures, before any replay
     torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = module(xs)
-    eager = module(xs)
-    w = torch.softmax(torch.cat([p.detach() for p in module.scalar_parameters]), 0)
-    torch.testing.assert_close(eager, module.gamma.detach() * sum(wk * x for wk, x in zip(w, xs)))
+    torch.testing.assert_close(eager, want(new))
     for _ in range(3):
-        for x in xs:
-            x.copy_(torch.randn(shape, generator=gen).cuda())
+        for layers in (new, warm):
+            for x in layers:
+                x.copy_(torch.randn(shape, generator=gen).cuda())
         others = [torch.empty(1, device="cuda") for _ in range(layout._TABLES_MAX + 2)]
         for t in others:  # evict every cached table: their memory goes back to the allocator
             layout.pointer_table([t], torch.device("cuda"))
         del others
-        graph.replay()
+        for graph in graphs:
+            graph.replay()
         torch.cuda.synchronize()
-        torch.testing.assert_close(out, module.gamma.detach() * sum(wk * x for wk, x in zip(w, xs)))
+        torch.testing.assert_close(outs[0], want(new))
+        torch.testing.assert_close(outs[1], want(warm))

@@ -50,9 +50,16 @@ def load_data(args: argparse.Namespace, model_labels: Optional[List[str]] = None
         if names is not None and "label_names" in message:
             message += f" (the labels of --model {model}, a trained classifier)"
         raise CommandError(message) from err
-    if model_labels is not None and [str(n) for n in data.label_names] != [str(n) for n in model_labels]:
-        raise CommandError(f"--model {model} was trained with labels {model_labels}; the data's are "
-                           f"{data.label_names}")
+    if model_labels is not None:
+        want, have = [str(n).strip() for n in model_labels], [str(n).strip() for n in data.label_names]
+        # a GLUE task's names against the model's: ids as names ("0", "1": a model trained on an integer-labelled
+        # file) and case (a hub model's "NEGATIVE") say the same
+        same = want == have or (args.task is not None and (want == [str(i) for i in range(len(have))] or
+                                                            [w.lower() for w in want] == [h.lower() for h in have]))
+        if not same:
+            raise CommandError(f"--model {model} was trained with labels {model_labels}; the data's are "
+                               f"{data.label_names}: start from its encoder (a BERT checkpoint) for a new head, or "
+                               "from a classifier trained with these labels")
     return data
 
 

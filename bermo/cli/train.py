@@ -27,7 +27,7 @@ import math
 import os
 import shutil
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .common import (CommandError, add_data_arguments, checkpoint_config, classifier_labels, is_classifier,
                      load_data, metrics_function, write_json)
@@ -392,46 +392,76 @@ def previous_run(output_dir: str):
                   if name in RUN_OUTPUTS or (name.startswith("checkpoint-") and name[11:].isdigit()))
 
 
-def check_output_dir(args: argparse.Namespace) -> None:
-    """A folder holding a run is continued (``--resume``, with the same defining options), replaced
-    (``--overwrite``) or refused: a second run there overwrote the first's model and summary, its checkpoint
-    rotation deleted the first run's checkpoints, and the first run's leftovers stayed mixed in."""
+def _main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _comparable(key: str, value):
+    """An option as ``--resume`` compares it: paths that exist as their real path (``./m`` is ``m``)."""
+    if key in ("model", "teacher", "train_file", "validation_file") and isinstance(value, str) \
+            and os.path.exists(value):
+        return os.path.realpath(value)
+    return value
+
+
+def check_output_dir(args: argparse.Namespace) -> List[str]:
+    """What ``--overwrite`` will delete (deleted just before training, once every input has been read). A folder
+    holding a run is continued (``--resume``, with the same defining options), replaced (``--overwrite``) or
+    refused: a second run there overwrote the first's model and summary, its checkpoint rotation deleted the
+    first run's checkpoints, and the first run's leftovers stayed mixed in. The main process decides (the
+    others would see its new run's files; torchrun stops them all when it fails)."""
     out = args.output_dir
     if os.path.exists(out) and not os.path.isdir(out):
         raise CommandError(f"--output-dir {out}: a file is there, not a folder")
+    if not _main_process():
+        return []
     found = previous_run(out)
     if args.resume:
         saved = os.path.join(out, "run_options.json")
         if os.path.isfile(saved):
             with open(saved) as f:
                 before = json.load(f)
-            changed = [k for k in RUN_DEFINING if k in before and before[k] != getattr(args, k, None)]
+            changed = [k for k in RUN_DEFINING
+                       if k in before and _comparable(k, before[k]) != _comparable(k, getattr(args, k, None))]
             if changed:
                 raise CommandError("--resume: the run in " + out + " was started with other options: " + ", ".join(
                     f"--{k.replace('_', '-')} {before[k]!r} (now {getattr(args, k, None)!r})" for k in changed))
-        return
+        return []
     if not found:
-        return
+        return []
     if not args.overwrite:
         shown = ", ".join(found[:5]) + (" ..." if len(found) > 5 else "")
         raise CommandError(f"--output-dir {out} holds a previous run ({shown}): pass --resume to continue it, "
                            "--overwrite to replace it, or another folder")
-    if int(os.environ.get("RANK", "0")) == 0:  # one process clears it
-        for name in found:
-            path = os.path.join(out, name)
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    doomed = [os.path.realpath(os.path.join(out, name)) for name in found]
+    for option in ("model", "teacher"):
+        value = getattr(args, option, None)
+        if isinstance(value, str) and os.path.exists(value):
+            real = os.path.realpath(value)
+            if any(real == d or real.startswith(d + os.sep) for d in doomed):
+                raise CommandError(f"--{option} {value} lies in the run --overwrite would delete: copy it elsewhere "
+                                   "first, or write this run to another --output-dir")
+    return doomed
+
+
+def clear_previous_run(doomed: List[str]) -> None:
+    for path in doomed:
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
 
 
 def write_run_options(args: argparse.Namespace) -> None:
-    if int(os.environ.get("RANK", "0")) == 0:
+    if _main_process():
         os.makedirs(args.output_dir, exist_ok=True)
         write_json(os.path.join(args.output_dir, "run_options.json"),
-                   {k: getattr(args, k, None) for k in RUN_DEFINING})
+                   {k: _comparable(k, getattr(args, k, None)) for k in RUN_DEFINING})
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     check_options(args)
-    check_output_dir(args)
+    doomed = check_output_dir(args)
     started = time.time()
     config = checkpoint_config(args.model)
     if args.teacher:
@@ -512,7 +542,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     except ValueError as err:
         raise CommandError(f"pruning options: {err}") from err
     ignore = ["mixing_weights", "hidden_states", "attentions"]
-    if not resume:
+    if not resume:  # every input read and checked: only now is a replaced run deleted
+        clear_previous_run(doomed)
         write_run_options(args)
     result = trainer.train(resume_from_checkpoint=resume, ignore_keys_for_eval=ignore)
     final = {}

@@ -1,7 +1,6 @@
 """BERMo models on Hugging Face transformers: a BERT encoder whose head reads a scalar mix of its layers."""
 from __future__ import annotations
 
-import functools
 import warnings
 from dataclasses import dataclass
 from typing import List, Optional
@@ -17,12 +16,6 @@ from ..nn.scalar_mix import ScalarMix
 from . import _autoregister
 from .configuration_bermo import BermoConfig
 
-
-@functools.lru_cache(maxsize=None)
-def _warn_backend_fallback(name: str, device_type: str, reason: str) -> None:
-    warnings.warn(f"BERMo: config.mix_backend={name!r} cannot run the mix on {device_type} tensors ({reason}); "
-                  "using the automatic choice for this device (set config.mix_backend=None to choose per device)",
-                  UserWarning, stacklevel=3)
 
 try:  # transformers >= 5: initialisers that leave weights loaded from a checkpoint alone
     from transformers import initialization as _hf_init
@@ -132,18 +125,20 @@ class BermoModel(BermoPreTrainedModel, BertModel):
             rebuild_compressed_layout(self)
         self.post_init()
 
-    def _mix_backend(self, device: torch.device) -> Optional[str]:
-        """``config.mix_backend`` where it can run on ``device``; else, with one warning, the automatic choice.
-        A checkpoint's config carries the backend of the machine it was saved on (``"triton"`` from a GPU run), a
-        choice for that hardware: it must not stop the model running on another."""
-        name = self.config.mix_backend
-        if name in (None, "auto"):
-            return name
+    def _check_mix_backend(self, device: torch.device) -> None:
+        """The mix's forced backend (``config.mix_backend``) where it can run on ``device``; else, with a warning,
+        the automatic choice from now on. A checkpoint's config carries the backend of the machine it was saved
+        on (``"triton"`` from a GPU run), a choice for that hardware: it must not stop the model running on
+        another. (Skipped while torch.compile traces: the eager calls before have settled it.)"""
+        name = self.scalar_mix.backend
+        if name in (None, "auto") or torch.compiler.is_compiling():
+            return
         reason = backends.unavailable_reason(name, device)
-        if reason is None:
-            return name
-        _warn_backend_fallback(name, device.type, reason)
-        return None
+        if reason is not None:
+            warnings.warn(f"BERMo: the mix's backend {name!r} (config.mix_backend) cannot run on {device.type} "
+                          f"tensors ({reason}); using the automatic choice for this device (set "
+                          "config.mix_backend=None to choose per device)", UserWarning, stacklevel=3)
+            self.scalar_mix.backend = None
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None,
@@ -157,7 +152,7 @@ class BermoModel(BermoPreTrainedModel, BertModel):
                                   output_hidden_states=True, return_dict=True, **kwargs)
         hidden = outputs.hidden_states
         layers = [hidden[i] for i in self.config.mixed_layer_indices()]
-        self.scalar_mix.backend = self._mix_backend(layers[0].device)
+        self._check_mix_backend(layers[0].device)
         mixed_seq = None
         if output_mixed_sequence or self.config.mix_layer_norm:
             mask = None

@@ -219,11 +219,10 @@ class _PruningCallback(TrainerCallback):
 
 
 def best_checkpoint_step(state) -> Optional[int]:
-    """The global step of ``state.best_model_checkpoint``: ``state.best_global_step`` where transformers records
-    it, else the step in the checkpoint's own ``trainer_state.json``, else the ``checkpoint-<step>`` name."""
-    step = getattr(state, "best_global_step", None)
-    if step:
-        return int(step)
+    """The global step of ``state.best_model_checkpoint``, the weights ``load_best_model_at_end`` loaded: the step
+    in the checkpoint's own ``trainer_state.json``, else its ``checkpoint-<step>`` name. Not
+    ``state.best_global_step``: transformers moves that at every better evaluation, saved or not, so with
+    evaluations between saves it can name a step whose weights were never saved."""
     path = state.best_model_checkpoint
     try:
         with open(os.path.join(path, "trainer_state.json")) as f:

@@ -1,5 +1,6 @@
-"""The command line's metrics: F1 (of label id 1 for two classes, else the mean over the classes present) and
-Matthews correlation, against hand-computed values and, where installed, scikit-learn."""
+"""The command line's helpers, without a training run: the metrics (F1 of label id 1 for two classes, else the
+mean over the classes present; Matthews correlation) against hand-computed values and, where installed,
+scikit-learn; a GLUE task's labels against a trained classifier's."""
 import numpy as np
 import pytest
 
@@ -31,3 +32,22 @@ def test_agree_with_scikit_learn():
         assert f1_score(y, p, k) == pytest.approx(want, abs=1e-12)
         if len(set(y) | set(p)) > 1:
             assert matthews(y, p, k) == pytest.approx(metrics.matthews_corrcoef(y, p), abs=1e-12)
+
+
+def test_a_glue_tasks_labels_against_a_classifiers(monkeypatch):
+    """A GLUE task brings its own label names: a classifier whose names are its ids ("0", "1": trained on an
+    integer-labelled file) or differ only in case continues on it; other names are refused with a way out."""
+    import argparse
+    from types import SimpleNamespace
+
+    import bermo.data.text_classification as tc
+    from bermo.cli import common
+
+    fake = SimpleNamespace(label_names=["negative", "positive"], num_labels=2, datasets={}, source="glue/sst2")
+    monkeypatch.setattr(tc, "load_text_classification", lambda **kw: fake)
+    args = argparse.Namespace(task="sst2", train_file=None, validation_file=None, test_file=None,
+                              text_columns=None, label_column="label")
+    for names in (["0", "1"], ["NEGATIVE", "POSITIVE"], ["negative", "positive"]):
+        assert common.load_data(args, names, "m") is fake
+    with pytest.raises(common.CommandError, match="trained with labels .*start from its encoder"):
+        common.load_data(args, ["bad", "good"], "m")
