@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -82,7 +82,7 @@ def vector_access_ok(layout: RowLayout, tensors: Sequence[Optional[torch.Tensor]
 _TABLES: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
 _TABLES_MAX = 256
 _TABLES_LOCK = threading.Lock()  # DataParallel replicas run their forwards in threads
-_CAPTURED: List[torch.Tensor] = []  # tables a captured CUDA graph reads: alive as long as the process
+_CAPTURED: Dict[int, torch.Tensor] = {}  # tables a captured CUDA graph reads (by id): alive as long as the process
 
 
 def pointer_table(tensors: Sequence[Optional[torch.Tensor]], device) -> torch.Tensor:
@@ -112,12 +112,12 @@ def pointer_table(tensors: Sequence[Optional[torch.Tensor]], device) -> torch.Te
         if table is not None:
             _TABLES.move_to_end(key)
             if capturing:
-                _CAPTURED.append(table)
+                _CAPTURED[id(table)] = table
             return table
     if capturing:
         table = captured_table(ptrs, device)
         with _TABLES_LOCK:
-            _CAPTURED.append(table)
+            _CAPTURED[id(table)] = table
         return table
     table = torch.tensor(ptrs, dtype=torch.int64).pin_memory().to(device, non_blocking=True)
     with _TABLES_LOCK:

@@ -127,17 +127,19 @@ def test_pointer_tables_under_capture_are_kept_and_not_cached(monkeypatch):
     from bermo.kernels import layout
 
     monkeypatch.setattr(layout, "_TABLES", layout.OrderedDict())
-    monkeypatch.setattr(layout, "_CAPTURED", [])
+    monkeypatch.setattr(layout, "_CAPTURED", {})
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: type("S", (), {"cuda_stream": 7})())
     made = []
     monkeypatch.setattr(layout, "captured_table", lambda ptrs, device: made.append(ptrs) or torch.tensor(ptrs))
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     x = torch.zeros(4)
     table = layout.pointer_table([x, None], "cuda")
-    assert made == [(x.data_ptr(), 0)] and layout._CAPTURED == [table] and not layout._TABLES
+    assert made == [(x.data_ptr(), 0)] and list(layout._CAPTURED.values()) == [table] and not layout._TABLES
     cached = torch.tensor([1, 2])
     layout._TABLES[(torch.device("cuda"), 7, (x.data_ptr(),))] = cached
-    assert layout.pointer_table([x], "cuda") is cached and layout._CAPTURED[-1] is cached and len(made) == 1
+    assert layout.pointer_table([x], "cuda") is cached and layout._CAPTURED[id(cached)] is cached and len(made) == 1
+    layout.pointer_table([x], "cuda")  # captured again: kept once
+    assert len(layout._CAPTURED) == 2
 
 
 def test_captured_table_holds_the_addresses():
