@@ -6,7 +6,8 @@ uniform (largest weight, entropy) and gamma.
 Small CPU budget by default (about 3 CPU-minutes per mix_lr on a 2-core EPYC): 1 epoch on the first 1600
 training sentences, batch 16 (100 AdamW steps), max_length 64, 500 dev sentences. Every mix_lr sees the same model init, batch order and dropout masks (per seed), so the rows differ
 only by mix_lr. ``--quick`` is a smoke test (< 1 minute). Writes ``mix_lr_sweep.md`` (table) and
-``mix_lr_sweep.json`` (every run) to benchmarks/runs/ (ignored by git), ``--out FOLDER``, or with ``--record``
+``mix_lr_sweep.json`` (every run; ``mix_lr_sweep_seed<seeds>.*`` for seeds other than 0, ``..._quick.*`` for
+``--quick``) to benchmarks/runs/ (ignored by git), ``--out FOLDER``, or with ``--record``
 benchmarks/results/ (the committed table), as the other benchmarks do.
 
 Data: ``../shared/data/rotten_tomatoes`` (``sentence<TAB>label`` TSV, no quoting) or ``--data``; model: the
@@ -201,7 +202,11 @@ def main(argv=None):
     print(table)
     if not args.no_save:
         os.makedirs(out_dir, exist_ok=True)
-        base = os.path.join(out_dir, "mix_lr_sweep")
+        # the default seed's table is mix_lr_sweep.*; other seeds get their own (mix_lr_sweep_seed1.*), so a
+        # second seed's run never overwrites the first's
+        suffix = ("" if args.seeds == [0] else "_seed" + "-".join(str(seed) for seed in args.seeds)) + \
+            ("_quick" if args.quick else "")
+        base = os.path.join(out_dir, "mix_lr_sweep" + suffix)
         with open(base + ".md", "w") as f:
             f.write(table)
         with open(base + ".json", "w") as f:

@@ -19,9 +19,9 @@ def test_mix_lr_sweep_quick(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "mix_lr_sweep.py"), "--quick",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    table = (tmp_path / "mix_lr_sweep.md").read_text()
+    table = (tmp_path / "mix_lr_sweep_quick.md").read_text()
     assert "| mix_lr | dev accuracy | max weight | entropy (nats) | gamma |" in table
-    data = json.loads((tmp_path / "mix_lr_sweep.json").read_text())
+    data = json.loads((tmp_path / "mix_lr_sweep_quick.json").read_text())
     runs = {r["mix_lr"]: r for r in data["runs"]}
     assert sorted(runs) == [5e-5, 5e-2]
     for r in runs.values():
