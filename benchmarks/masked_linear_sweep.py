@@ -172,9 +172,11 @@ def main():
             break
         r, best = sweep(f"{label} tiles", [(t, False) for t in tiles], sparse, run, want)
         rows += r
+        if best is None:  # every tile failed (recorded): the module's own tiles stay chosen
+            continue
         r, best2 = sweep(f"{label} lists", [(best[0], False), (best[0], True)], sparse, run, want)
         rows += r
-        chosen[label] = best2
+        chosen[label] = best2 or chosen[label]
     if args.experiments:
         import masked_linear_experiments as ex
 
@@ -227,7 +229,7 @@ def main():
             c["bsr"] = (bsr.crow_indices(), bsr.col_indices(), bsr.values(), N)
         r, best_bsl = sweep("block-sparse tiles", tiles, sparse, bsl, fwd_want)
         rows += r
-        chosen["block-sparse"] = best_bsl
+        chosen["block-sparse"] = best_bsl or chosen["block-sparse"]
 
     # crossovers with the chosen tiles
     for density in args.densities:

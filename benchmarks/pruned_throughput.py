@@ -68,6 +68,7 @@ def layer_rows(N, K, block, density, T, dtype, device, reps):
     if block == "rows":
         keep = random_block_mask((N, 1), density, gen)[:, 0].to(device)
         kept = int(keep.sum())
+        fraction = kept / N  # the rows kept (the FLOPs the pruned layer needs; the padding is overhead)
         small = nn.Linear(K, padded_width(kept, N)).to(device=device, dtype=dtype)
         with torch.no_grad():  # the kept rows, then zero rows up to the width compress leaves
             small.weight.zero_()
@@ -78,6 +79,7 @@ def layer_rows(N, K, block, density, T, dtype, device, reps):
     else:
         b = int(block)
         mask = random_block_mask((N // b, K // b), density, gen).to(device)
+        fraction = float(mask.float().mean())  # the blocks kept: round(density * blocks), not density itself
         bsl = BlockSparseLinear.from_dense(dense.weight.detach(), dense.bias.detach(), (b, b), mask=mask).eval()
         providers["bermo BlockSparseLinear"] = bsl
         w = (dense.weight.detach() * mask.repeat_interleave(b, 0).repeat_interleave(b, 1).to(dtype))
@@ -93,7 +95,7 @@ def layer_rows(N, K, block, density, T, dtype, device, reps):
         timings = time_interleaved(cases, device, reps=reps, desc=f"{N}x{K} {block} {density}")
     rows = []
     for name, t in timings.items():
-        kept_flops = 2 * T * N * K * (1.0 if name == "dense" else density)
+        kept_flops = 2 * T * N * K * (1.0 if name == "dense" else fraction)
         rows.append({"part": "layer", "shape": f"{N}x{K} T={T}", "block": block, "density": density,
                      "provider": name, **t, "x_dense": timings["dense"]["median_ms"] / t["median_ms"],
                      "gflops": kept_flops / (t["median_ms"] * 1e-3) / 1e9})
