@@ -8,8 +8,9 @@ GPU), densities 1.0 0.5 0.3 0.1 0.05, blocks 16, 32, 64 and whole rows. Provider
 ``torch.sparse`` BSR (``weight.to_sparse_bsr`` through ``torch.addmm``; blocks only), bermo
 ``BlockSparseLinear`` (blocks only) and bermo compressed (row pruning: the smaller dense layer ``compress`` makes
 of an FFN-in whose neurons are pruned: the kept rows, rounded up to a multiple of 16 with zero rows,
-``bermo.pruning.compression.padded_width``). Inference (no autograd). Columns: median ms, speedup over dense,
-and each provider's kept-FLOP rate.
+``bermo.pruning.compression.padded_width``). Inference (no autograd). Every pruned provider's output is checked
+against the pruned layer computed here in float64 (the run fails outside float tolerance). Columns: median ms,
+speedup over dense, each provider's kept-FLOP rate and its error.
 
 Part 2, whole models, each pruned with 32x32 blocks to each density by magnitude (no training: the masks keep
 each layer's largest-magnitude blocks, so they are fixed; a movement-pruned, fine-tuned model has other masks and
@@ -90,6 +91,26 @@ def layer_rows(N, K, block, density, T, dtype, device, reps):
             torch.addmm(bias, bsr, x[:2].T)
         except (RuntimeError, NotImplementedError):
             providers.pop("torch.sparse BSR", None)
+    # the pruned layer in float64, written out here (independent of bermo): each provider's output is checked
+    # against it before it is timed (the unpruned dense layer computes another function)
+    if block == "rows":
+        weight = dense.weight.detach().double()[keep]
+        want = x.double() @ weight.T + dense.bias.detach().double()[keep]
+    else:
+        weight = dense.weight.detach().double() * mask.repeat_interleave(b, 0).repeat_interleave(b, 1).double()
+        want = x.double() @ weight.T + dense.bias.detach().double()
+    errors = {}
+    with torch.no_grad():
+        for name, f in providers.items():
+            if name == "dense":
+                continue
+            got = f(x).double()
+            if block == "rows":  # the kept rows first, then exact zeros up to the padded width
+                padding = got[:, kept:]
+                got = got[:, :kept]
+                assert not padding.any(), "the padding rows of the compressed layer must output zeros"
+            err = (got - want).abs().max().item() if want.numel() else 0.0
+            errors[name] = {"max_abs_err": err, "max_rel_err": err / max(want.abs().max().item(), 1e-30)}
     cases = {name: (lambda f=f: f(x), None) for name, f in providers.items()}
     with torch.no_grad():
         timings = time_interleaved(cases, device, reps=reps, desc=f"{N}x{K} {block} {density}")
@@ -98,7 +119,7 @@ def layer_rows(N, K, block, density, T, dtype, device, reps):
         kept_flops = 2 * T * N * K * (1.0 if name == "dense" else fraction)
         rows.append({"part": "layer", "shape": f"{N}x{K} T={T}", "block": block, "density": density,
                      "provider": name, **t, "x_dense": timings["dense"]["median_ms"] / t["median_ms"],
-                     "gflops": kept_flops / (t["median_ms"] * 1e-3) / 1e9})
+                     "gflops": kept_flops / (t["median_ms"] * 1e-3) / 1e9, **errors.get(name, {})})
     return rows
 
 
@@ -107,7 +128,9 @@ def prune_and_compress(m, density, block_shape, batches):
     compressed model's outputs on ``batches`` are from the masked model's (``compare``)."""
     from bermo.pruning import compress, prepare
 
-    prepare(m, method="magnitude", block_shape=block_shape)
+    # the masked model on the eager formula (F.linear(x, W * M)), so that the compressed model's kernels are
+    # checked against an implementation they do not share
+    prepare(m, method="magnitude", block_shape=block_shape, backend="reference")
     for layer in m.modules():
         if isinstance(layer, MaskedLinear):
             layer.density = density
