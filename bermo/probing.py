@@ -245,12 +245,11 @@ def encode_layers(encoder: nn.Module, tokenizer: Any, sentences: Sequence[str], 
     ``pooling``: ``"mean"`` averages the vectors of the sentence's real tokens ([CLS] and [SEP] included,
     padding excluded), so a sentence's vector does not depend on what it is batched with; ``"cls"`` takes
     position 0. Sentences are truncated to ``max_length`` tokens and batched by length (less padding, the
-    output keeps the input order). Runs on the encoder's device; a tqdm bar shows progress on a terminal.
+    output keeps the input order). Runs on the encoder's device, in eval mode (no dropout; the encoder's mode is
+    restored after); a tqdm bar shows progress on a terminal.
 
     Memory: N x (L+1) x H x 4 bytes (100k sentences through bert-base: 4 GB); ``layers`` keeps fewer.
     """
-    from tqdm.auto import tqdm
-
     if pooling not in ("mean", "cls"):
         raise ValueError(f"pooling={pooling!r}: use 'mean' (over non-padding tokens) or 'cls' (position 0)")
     if tokenizer is None:
@@ -280,6 +279,18 @@ def encode_layers(encoder: nn.Module, tokenizer: Any, sentences: Sequence[str], 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(encoder.parameters()).device
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    training = encoder.training  # features without dropout (a model straight from a Trainer is in train mode)
+    encoder.eval()
+    try:
+        _encode_batches(encoder, ids, types, order, keep, pooling, pad_id, device, batch_size, out)
+    finally:
+        encoder.train(training)
+    return out
+
+
+def _encode_batches(encoder, ids, types, order, keep, pooling, pad_id, device, batch_size, out) -> None:
+    from tqdm.auto import tqdm
+
     with tqdm(total=len(ids), desc="encoding", unit="sent", disable=None, leave=False) as bar:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
@@ -309,7 +320,6 @@ def encode_layers(encoder: nn.Module, tokenizer: Any, sentences: Sequence[str], 
                     pooled.append((h * m).sum(1) / m.sum(1).clamp(min=1))
             out[torch.tensor(idx)] = torch.stack(pooled, dim=1).cpu()
             bar.update(len(idx))
-    return out
 
 
 # ------------------------------------------------------------------------------------------------- the probe

@@ -92,6 +92,19 @@ def test_mean_pooling_ignores_padding_and_keeps_input_order(tiny_encoder):
         torch.testing.assert_close(together[i], encode_layers(encoder, tok, [s])[0], atol=1e-5, rtol=0)
 
 
+def test_encode_layers_runs_without_dropout_and_restores_the_mode(tokenizer):
+    """A model straight from a Trainer is in train mode: its features carried dropout noise, different at every
+    call. encode_layers computes them in eval mode and leaves the model's mode as it found it."""
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(tokenizer), **{**TINY, "hidden_dropout_prob": 0.5}))
+    model.eval()
+    want = encode_layers(model, tokenizer, SENTENCES)
+    model.train()
+    got = encode_layers(model, tokenizer, SENTENCES)
+    assert model.training
+    torch.testing.assert_close(got, want)
+
+
 def test_encode_layers_rejects_a_tokenizer_larger_than_the_vocabulary(tokenizer):
     encoder = BertModel(BertConfig(vocab_size=100, **TINY)).eval()
     with pytest.raises(ValueError, match="do not match"):
