@@ -276,12 +276,51 @@ def row_of(work, cfg, method, arch, summaries) -> Dict[str, Any]:
             "speed": speed}
 
 
+PROBE_MAX_LENGTH = 64
+
+
+def tasks_current(tasks_dir: str, sizes: Dict[str, int]) -> bool:
+    """Whether the probing tasks in ``tasks_dir`` were built with the sizes asked for now (else rebuilt)."""
+    if not os.path.exists(os.path.join(tasks_dir, "README.md")):
+        return False
+    infos = [os.path.join(tasks_dir, name, "task.json") for name in sorted(os.listdir(tasks_dir))
+             if os.path.isfile(os.path.join(tasks_dir, name, "task.json"))]
+    if not infos:
+        return False
+    for path in infos:
+        with open(path) as f:
+            if json.load(f).get("sizes") != sizes:
+                return False
+    return True
+
+
+def probe_current(probe_json: str, encoder: str, tasks_dir: str, seed: int, max_length: int) -> bool:
+    """Whether a finished probe was made of this encoder (and not before its model was saved again), with these
+    tasks, seed and length (else it is run again: a retrained run's old probe must not stand in for it)."""
+    if not os.path.exists(probe_json):
+        return False
+    with open(probe_json) as f:
+        meta = json.load(f).get("meta", {})
+    if os.path.realpath(str(meta.get("encoder", ""))) != os.path.realpath(encoder) or meta.get("seed") != seed \
+            or meta.get("max_length") != max_length:
+        return False
+    if os.path.isdir(encoder) and max((e.stat().st_mtime for e in os.scandir(encoder) if e.is_file()),
+                                      default=0.0) > os.path.getmtime(probe_json):
+        return False
+    for name, info in (meta.get("tasks") or {}).items():
+        task_json = os.path.join(tasks_dir, name, "task.json")
+        if not os.path.exists(task_json) or os.path.getmtime(task_json) > os.path.getmtime(probe_json):
+            return False
+    return bool(meta.get("tasks"))
+
+
 def probing(work, cfg, conv, progress) -> Dict[str, Any]:
     from bermo.probing import ProbeTable
 
     tasks_dir = os.path.join(work, "probing-tasks")
     train_n, dev_n, test_n = cfg["probe_sizes"]
-    if not os.path.exists(os.path.join(tasks_dir, "README.md")):
+    if not tasks_current(tasks_dir, {"train": train_n, "validation": dev_n, "test": test_n}):
+        shutil.rmtree(tasks_dir, ignore_errors=True)
         bermo_cli(["make-probing-tasks", "--corpus", os.path.join(SHARED, "brown"), "--output-dir", tasks_dir,
                    "--train-size", train_n, "--dev-size", dev_n, "--test-size", test_n])
     seed = cfg["seeds"][0]
@@ -293,9 +332,10 @@ def probing(work, cfg, conv, progress) -> Dict[str, Any]:
     tables: Dict[str, List] = {}
     for (label, s), path in encoders.items():
         out = os.path.join(work, "probe-" + label.replace(" ", "-").lower() + ("" if s in (None, seed) else f"-s{s}"))
-        if not os.path.exists(os.path.join(out, "probe.json")):
+        if not probe_current(os.path.join(out, "probe.json"), path, tasks_dir, seed, PROBE_MAX_LENGTH):
+            shutil.rmtree(out, ignore_errors=True)
             bermo_cli(["probe", "--model", path, "--tasks-dir", tasks_dir, "--output-dir", out,
-                       "--max-length", 64, "--seed", seed])
+                       "--max-length", PROBE_MAX_LENGTH, "--seed", seed])
         tables.setdefault(label, []).append(ProbeTable.from_json(os.path.join(out, "probe.json")))
         progress.update(1)
     return {"tables": tables, "tasks_dir": tasks_dir}

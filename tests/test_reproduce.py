@@ -60,3 +60,33 @@ def test_speedup_counts_seeds_that_never_reached_the_target():
     assert speedup_of({"bert": [3, None], "bermo": [3, 3]}, 9) == (2.0, "at least ")
     assert speedup_of({"bert": [4, 4], "bermo": [None, 4]}, 8) == (pytest.approx(4 / 6), "at most ")
     assert speedup_of({"bert": [None], "bermo": [None]}, 8) == (None, "")
+
+
+def test_cached_probing_tasks_and_probes_are_reused_only_when_current(tmp_path):
+    """Probing results in a work folder were reused whatever they were made of: a retrained run's old probe,
+    or tasks of other sizes, went into the report. Each is now checked against what is asked for."""
+    import time
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from reproduce import probe_current, tasks_current
+
+    sizes = {"train": 8, "validation": 4, "test": 4}
+    tasks = tmp_path / "tasks"
+    (tasks / "tense").mkdir(parents=True)
+    assert not tasks_current(str(tasks), sizes)  # no README: never built
+    (tasks / "README.md").write_text("x")
+    (tasks / "tense" / "task.json").write_text(json.dumps({"sizes": sizes}))
+    assert tasks_current(str(tasks), sizes) and not tasks_current(str(tasks), {**sizes, "train": 16})
+    encoder = tmp_path / "model"
+    encoder.mkdir()
+    (encoder / "model.safetensors").write_text("w")
+    time.sleep(0.05)
+    probe = tmp_path / "probe.json"
+    meta = {"encoder": str(encoder), "seed": 0, "max_length": 64, "tasks": {"tense": {}}}
+    probe.write_text(json.dumps({"meta": meta}))
+    assert probe_current(str(probe), str(encoder), str(tasks), 0, 64)
+    assert not probe_current(str(probe), str(encoder), str(tasks), 1, 64)       # another seed
+    assert not probe_current(str(probe), str(tmp_path / "other"), str(tasks), 0, 64)  # another encoder
+    time.sleep(0.05)
+    (encoder / "model.safetensors").write_text("retrained")  # the run was trained again after the probe
+    assert not probe_current(str(probe), str(encoder), str(tasks), 0, 64)
