@@ -60,6 +60,7 @@ __all__ = ["GRIDS", "ProbeResult", "ProbeTable", "encode_layers", "load_encoder"
 
 PathLike = Union[str, "os.PathLike[str]"]
 SPLITS = ("train", "validation", "test")
+LOGREG_ONLY = {"word_content": "logreg"}  # tasks SentEval always probes with logistic regression
 MIX = "mix"
 
 # Hyperparameter grids per classifier. Trainings per representation = product of the value counts.
@@ -795,10 +796,13 @@ def probe(encoder_or_path: Union[PathLike, nn.Module], tasks_dir: PathLike,
         ys = {split: torch.tensor(task[split][1]) for split in SPLITS}
         classes = len(task["label_names"]) or None
         test, dev, params = {}, {}, {}
+        # SentEval probes word content with logistic regression whatever the classifier (an MLP over ~1000
+        # words' classes is another, far larger probe)
+        task_classifier = LOGREG_ONLY.get(name, classifier)
 
         def run(key: str, select, as_mix: bool) -> ProbeResult:
             result = train_probe(select(feats["train"]), ys["train"], select(feats["validation"]),
-                                 ys["validation"], select(feats["test"]), ys["test"], classifier=classifier,
+                                 ys["validation"], select(feats["test"]), ys["test"], classifier=task_classifier,
                                  mix=as_mix, seed=seed, grid=grid, num_classes=classes, **train_options)
             test[key], dev[key], params[key] = result.test_acc, result.dev_acc, result.params
             return result
@@ -812,7 +816,7 @@ def probe(encoder_or_path: Union[PathLike, nn.Module], tasks_dir: PathLike,
         done = time.perf_counter()
         table.test[name], table.dev[name], table.params[name] = test, dev, params
         table.meta["tasks"][name] = {"sizes": {s: len(task[s][0]) for s in SPLITS},
-                                     "label_names": task["label_names"],
+                                     "label_names": task["label_names"], "classifier": task_classifier,
                                      "encode_seconds": round(encoded - start, 3),
                                      "train_seconds": round(done - encoded, 3)}
     return table

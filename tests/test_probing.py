@@ -324,6 +324,20 @@ def test_probe_end_to_end_on_a_tiny_encoder(tiny_bert_dir, tasks_dir, tmp_path):
         probe(tiny_bert_dir, tasks_dir, tasks=["not_a_task"])
 
 
+def test_word_content_is_probed_with_logistic_regression_even_with_mlp(tiny_bert_dir, tmp_path):
+    """SentEval probes word content with logistic regression whatever the classifier; the other tasks take the
+    classifier asked for."""
+    rows = {s: [(f"the {'apple' if i % 2 else 'pear'} fell .", i % 2) for i in range(n)]
+            for s, n in {"train": 24, "validation": 8, "test": 8}.items()}
+    _write_task(str(tmp_path), "word_content", rows, ["pear", "apple"])
+    _write_task(str(tmp_path), "fruit", rows, ["pear", "apple"])
+    table = probe(tiny_bert_dir, str(tmp_path), layers=[0], mix=False, classifier="mlp", max_epochs=2)
+    assert table.meta["tasks"]["word_content"]["classifier"] == "logreg"
+    assert table.meta["tasks"]["fruit"]["classifier"] == "mlp"
+    assert "hidden" not in table.params["word_content"]["layer_0"]
+    assert "hidden" in table.params["fruit"]["layer_0"]
+
+
 def test_load_task_reports_the_bad_line(tmp_path):
     _write_task(str(tmp_path), "t", {"train": [("a b", 0)], "validation": [("c", 1)], "test": [("d", 0)]}, ["n", "p"])
     task = load_task(tmp_path / "t")

@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", help="or: a word/tag corpus (e.g. the Brown corpus) to build them from first, "
                                          "into <output-dir>/tasks")
     parser.add_argument("--tasks", help="comma-separated task names (default: every task in --tasks-dir)")
-    parser.add_argument("--classifier", choices=("logreg", "mlp"), default="logreg")
+    parser.add_argument("--classifier", choices=("logreg", "mlp"), default="logreg",
+                        help="the probe (default logreg); word_content is always probed with logreg, as in SentEval")
     parser.add_argument("--pooling", choices=("mean", "cls"), default="mean")
     parser.add_argument("--no-mix", action="store_true", help="probe the layers only, without the learned mix")
     parser.add_argument("--grid", choices=("small", "senteval"), default="small",
