@@ -49,6 +49,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -245,9 +246,9 @@ def encode_layers(encoder: nn.Module, tokenizer: Any, sentences: Sequence[str], 
 
     ``pooling``: ``"mean"`` averages the vectors of the sentence's real tokens ([CLS] and [SEP] included,
     padding excluded), so a sentence's vector does not depend on what it is batched with; ``"cls"`` takes
-    position 0. Sentences are truncated to ``max_length`` tokens and batched by length (less padding, the
-    output keeps the input order). Runs on the encoder's device, in eval mode (no dropout; the encoder's mode is
-    restored after); a tqdm bar shows progress on a terminal.
+    position 0. Sentences are truncated to ``max_length`` tokens (a warning says how many were) and batched by
+    length (less padding, the output keeps the input order). Runs on the encoder's device, in eval mode (no
+    dropout; the encoder's mode is restored after); a tqdm bar shows progress on a terminal.
 
     Memory: N x (L+1) x H x 4 bytes (100k sentences through bert-base: 4 GB); ``layers`` keeps fewer.
     """
@@ -271,6 +272,13 @@ def encode_layers(encoder: nn.Module, tokenizer: Any, sentences: Sequence[str], 
 
     enc = tokenizer(sentences, truncation=True, max_length=max_length)
     ids = enc["input_ids"]
+    cut = sum(len(row) >= max_length for row in ids)
+    if cut:  # only those at the limit can have been cut: tokenize them again in full to count
+        longer = [s for s, row in zip(sentences, ids) if len(row) >= max_length]
+        cut = sum(len(row) > max_length for row in tokenizer(longer, truncation=False, verbose=False)["input_ids"])
+    if cut:
+        warnings.warn(f"encode_layers: {cut} of {len(sentences)} sentences are longer than max_length={max_length} "
+                      "tokens and were truncated (raise max_length to keep them whole)", UserWarning, stacklevel=2)
     types = enc.get("token_type_ids")
     vocab = int(encoder.config.vocab_size)
     top = max(max(row) for row in ids)

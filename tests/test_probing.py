@@ -105,6 +105,16 @@ def test_encode_layers_runs_without_dropout_and_restores_the_mode(tokenizer):
     torch.testing.assert_close(got, want)
 
 
+def test_encode_layers_says_how_many_sentences_it_truncated(tiny_encoder):
+    encoder, tok = tiny_encoder
+    with pytest.warns(UserWarning, match="1 of 3 sentences are longer than max_length=10 tokens"):
+        encode_layers(encoder, tok, SENTENCES, max_length=10)  # only the long one exceeds 10 tokens
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        encode_layers(encoder, tok, SENTENCES[:2], max_length=9)  # "the cat sat on the mat ." is 9 tokens
+
+
 def test_encode_layers_rejects_a_tokenizer_larger_than_the_vocabulary(tokenizer):
     encoder = BertModel(BertConfig(vocab_size=100, **TINY)).eval()
     with pytest.raises(ValueError, match="do not match"):
