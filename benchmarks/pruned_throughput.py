@@ -92,13 +92,12 @@ def layer_rows(N, K, block, density, T, dtype, device, reps):
         except (RuntimeError, NotImplementedError):
             providers.pop("torch.sparse BSR", None)
     # the pruned layer in float64, written out here (independent of bermo): each provider's output is checked
-    # against it before it is timed (the unpruned dense layer computes another function)
+    # against it before it is timed (the unpruned dense layer computes another function). W * M is exact in any
+    # dtype (a 0/1 mask), so the block case reuses the masked weight made for torch BSR.
     if block == "rows":
-        weight = dense.weight.detach().double()[keep]
-        want = x.double() @ weight.T + dense.bias.detach().double()[keep]
+        want = x.double() @ dense.weight.detach().double()[keep].T + dense.bias.detach().double()[keep]
     else:
-        weight = dense.weight.detach().double() * mask.repeat_interleave(b, 0).repeat_interleave(b, 1).double()
-        want = x.double() @ weight.T + dense.bias.detach().double()
+        want = x.double() @ w.double().T + dense.bias.detach().double()
     errors = {}
     with torch.no_grad():
         for name, f in providers.items():
