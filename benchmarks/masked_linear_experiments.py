@@ -190,6 +190,96 @@ def flat_rows_forward(x2d: torch.Tensor, weight: torch.Tensor, lists, bias, rows
     return y
 
 
+@triton.jit
+def flat_list_kernel(mask_ptr, gptr_ptr, ft_ptr, fr_ptr, fs_ptr, fl_ptr, n_j, n_t, mask_cols, block_j, block_t,
+                     side, R, RB: tl.constexpr, CT: tl.constexpr, ONE_PASS: tl.constexpr):
+    """``flat_lists`` on the device, one program (a launch, no host sync): for the tile rows in chunks of ``RB``,
+    the kept count of each (first pass over its ``CT``-wide column chunks; with ``ONE_PASS`` the whole row is one
+    chunk, read once), the rows' entry offsets (a prefix sum over max(count, 1), carried across chunks), then
+    the entries: tile column, tile row, mask value, last-of-its-row flag; an empty row's one entry has value 0.
+    ``gptr[g]``: the first entry of group g (rows ``g * R ..``), ``gptr[n_groups]`` the total. Tile (j, t)
+    reads ``mask[(j * side) // block_j, (t * side) // block_t]`` (every tile inside one mask block)."""
+    carry = n_j * 0
+    rr = tl.arange(0, RB)
+    tc = tl.arange(0, CT)
+    for j0 in range(0, n_j, RB):
+        rows = j0 + rr
+        r_ok = rows < n_j
+        mrow = mask_ptr + ((rows * side) // block_j).to(tl.int64) * mask_cols
+        if ONE_PASS:
+            ok = r_ok[:, None] & (tc < n_t)[None, :]
+            v = tl.load(mrow[:, None] + ((tc * side) // block_t)[None, :], mask=ok, other=0.0)
+            keep = ((v != 0) & ok).to(tl.int32)
+            cnt = tl.sum(keep, axis=1)
+        else:
+            cnt = tl.zeros([RB], dtype=tl.int32)
+            for t0 in range(0, n_t, CT):
+                t = t0 + tc
+                ok = r_ok[:, None] & (t < n_t)[None, :]
+                v = tl.load(mrow[:, None] + ((t * side) // block_t)[None, :], mask=ok, other=0.0)
+                cnt += tl.sum(((v != 0) & ok).to(tl.int32), axis=1)
+        slots = tl.where(r_ok, tl.maximum(cnt, 1), 0)
+        row_off = carry + tl.cumsum(slots, 0) - slots
+        tl.store(gptr_ptr + rows // R, row_off, mask=r_ok & (rows % R == 0))
+        empty = r_ok & (cnt == 0)
+        tl.store(ft_ptr + row_off, rr * 0, mask=empty)
+        tl.store(fr_ptr + row_off, rows, mask=empty)
+        tl.store(fs_ptr + row_off, rr * 0.0, mask=empty)
+        tl.store(fl_ptr + row_off, rr * 0 + 1, mask=empty)
+        if ONE_PASS:
+            rank = tl.cumsum(keep, axis=1) - keep
+            pos = row_off[:, None] + rank
+            kept = keep != 0
+            tl.store(ft_ptr + pos, tc[None, :] + rows[:, None] * 0, mask=kept)
+            tl.store(fr_ptr + pos, rows[:, None] + tc[None, :] * 0, mask=kept)
+            tl.store(fs_ptr + pos, v, mask=kept)
+            tl.store(fl_ptr + pos, (rank == cnt[:, None] - 1).to(tl.int32), mask=kept)
+        else:
+            done = tl.zeros([RB], dtype=tl.int32)
+            for t0 in range(0, n_t, CT):
+                t = t0 + tc
+                ok = r_ok[:, None] & (t < n_t)[None, :]
+                v = tl.load(mrow[:, None] + ((t * side) // block_t)[None, :], mask=ok, other=0.0)
+                keep = ((v != 0) & ok).to(tl.int32)
+                rank = done[:, None] + tl.cumsum(keep, axis=1) - keep
+                pos = row_off[:, None] + rank
+                kept = keep != 0
+                tl.store(ft_ptr + pos, t[None, :] + rows[:, None] * 0, mask=kept)
+                tl.store(fr_ptr + pos, rows[:, None] + t[None, :] * 0, mask=kept)
+                tl.store(fs_ptr + pos, v, mask=kept)
+                tl.store(fl_ptr + pos, (rank == cnt[:, None] - 1).to(tl.int32), mask=kept)
+                done += tl.sum(keep, axis=1)
+        carry += tl.sum(slots, 0)
+    tl.store(gptr_ptr + (n_j + R - 1) // R, carry)
+
+
+ONE_PASS_MAX = 8192  # mask values a one-pass list build holds at once (RB x CT)
+
+
+def device_flat_lists(mask: torch.Tensor, block_shape, rows: int, side: int = 32, rb: int = None, ct: int = None):
+    """``flat_lists`` (without ``value_index``) built on the device by ``flat_list_kernel``: one launch, no host
+    sync, capturable; the entry arrays hold room for every tile (entries past the total are unset). ``rb`` /
+    ``ct`` override the chunk sizes (tests of the chunked path)."""
+    bo, bi = block_shape
+    N, K = mask.shape[0] * bo, mask.shape[1] * bi
+    n_j, n_t = N // side, K // side
+    cap = max(1, n_j * max(n_t, 1))
+    dev = mask.device
+    gptr = torch.empty(triton.cdiv(n_j, rows) + 1, dtype=torch.int32, device=dev)
+    ft = torch.empty(cap, dtype=torch.int32, device=dev)
+    fr = torch.empty(cap, dtype=torch.int32, device=dev)
+    fs = torch.empty(cap, dtype=torch.float32, device=dev)
+    fl = torch.empty(cap, dtype=torch.int32, device=dev)
+    full_ct = max(16, triton.next_power_of_2(max(n_t, 1)))
+    full_rb = max(16, triton.next_power_of_2(max(n_j, 1)))
+    ct = ct or min(full_ct, 1024)
+    rb = rb or max(16, min(full_rb, ONE_PASS_MAX // ct))
+    one_pass = ct >= n_t
+    flat_list_kernel[(1,)](mask, gptr, ft, fr, fs, fl, n_j, n_t, mask.shape[1], bo, bi, side, rows, RB=rb, CT=ct,
+                           ONE_PASS=one_pass, num_warps=4)
+    return gptr, ft, fr, fs, fl, None
+
+
 def list_values(bsr_values: torch.Tensor, lists) -> torch.Tensor:
     """BSR values (kept blocks, row-major) in the flat list's order, a zero-scaled copy of block 0 for each
     placeholder: what BlockSparseLinear would store at compression time. The blocks must be the list's tiles

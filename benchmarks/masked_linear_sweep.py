@@ -18,7 +18,9 @@ Steps, each on BERT-base shapes (768x768, 3072x768 FFN in, 768x3072 FFN out), 32
    weight gradient (cuBLAS product, epilogue, bias reduction): where the paths cross.
 
 ``--experiments`` adds the candidate kernels of ``benchmarks/masked_linear_experiments.py`` (forward and
-BlockSparseLinear at 0.1, next to the package's kernels in the same run), unmeasured so far.
+BlockSparseLinear at 0.1, next to the package's kernels in the same run), unmeasured so far; the best flat-list
+forward is timed again with its list built on the device per call (``flat_list_kernel``, what the masked linear
+would pay), and that list build alone.
 
 The first recorded run (GPU_NOTES call 7) also timed two variants since removed from the kernel (the other
 program order, the mask value applied to the product instead of the weight tile: neither helped) and a
@@ -205,6 +207,22 @@ def main():
                              ex.FLAT_CANDIDATES, sparse, flat, fwd_want, candidates=True)
         rows += r
         chosen["forward flat candidate"] = best_flat
+        if best_flat is not None:  # what the package's masked linear would pay: the list built per call too
+            def flat_device(c, cfg):
+                return ex.flat_rows_forward(c["x"], c["w"], ex.device_flat_lists(c["mask"], BLOCK, cfg[0]), c["b"],
+                                            *cfg)
+
+            rows += sweep("forward flat candidate, its list built on the device per call (flat_list_kernel)",
+                          [best_flat], sparse, flat_device, fwd_want, candidates=True)[0]
+            for (N, K), c in sparse.items():
+                try:
+                    ms = graph_ms(lambda c=c: ex.device_flat_lists(c["mask"], BLOCK, best_flat[0]))
+                    note = ""
+                except Exception as exc:  # recorded, not fatal (a candidate)
+                    ms, note = None, f"{type(exc).__name__}: {str(exc)[:80]}"
+                rows.append({"step": "flat list alone (flat_list_kernel)", "config": str(best_flat[0]),
+                             "shape": f"{N}x{K}", "ms": ms, "note": note})
+                print(f"flat list alone {N}x{K}: " + (f"{ms * 1e3:.1f}us" if ms else note), flush=True)
         for (N, K), c in sparse.items():
             bsr = c["wm"].to_sparse_bsr(BLOCK)
             c["bsr"] = (bsr.crow_indices(), bsr.col_indices(), bsr.values(), N)
