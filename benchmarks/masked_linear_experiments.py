@@ -20,7 +20,10 @@ their token tile's activations in L1 (96 KB for a 768-wide input), and the L2 tr
 and per entry: tile column, tile row, mask value, last-of-its-row flag; a row with nothing kept gets one entry
 with value 0, which stores its bias) is built here by the host; the same kernel serves BlockSparseLinear
 (``VALUES``: weight tiles from the BSR values, whose order the list follows), where the list is fixed at
-compression time. If it wins, the package builds the list on the device (a prefix sum over the mask's counts).
+compression time. For the masked linear, whose mask changes every step, the list must be built on the device per
+call, timed two ways: ``flat_list_kernel`` (one launch before the product: ``device_flat_lists``, entry for entry
+the host's list) and ``flat_self_kernel`` (no second launch: each program lists its own group's tiles into a
+scratch region, then walks them; the programs of a group write identical values there).
 """
 from __future__ import annotations
 
@@ -92,22 +95,12 @@ def rows_per_program_forward(x2d: torch.Tensor, weight: torch.Tensor, mask: torc
 
 
 @triton.jit
-def flat_rows_kernel(a_ptr, w_ptr, bias_ptr, c_ptr, gptr_ptr, ft_ptr, fr_ptr, fs_ptr, fl_ptr, M, N, K,
-                     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr, CACHE_L1: tl.constexpr,
-                     VALUES: tl.constexpr, BRANCH: tl.constexpr, BM: tl.constexpr, BS: tl.constexpr):
-    """Forward ``C = A @ (W * M)^T (+ bias)``: program (m, g) walks entries ``gptr[g] .. gptr[g + 1]`` of the flat
-    list for token tile m. Entry e: the (BS, BS) weight tile at tile row ``fr[e]`` and tile column ``ft[e]`` (or,
-    with ``VALUES``, the e-th (BS, BS) block of ``w``, BSR values in list order), scaled by ``fs[e]``; when
-    ``fl[e]`` the row is complete: bias added, stored, accumulator reset (``BRANCH``: in an ``if``; otherwise a
-    predicated store and a select, no branch in the pipelined loop)."""
-    pid_m = tl.program_id(0)
-    pid_g = tl.program_id(1)
+def _flat_walk(a_ptr, w_ptr, bias_ptr, c_ptr, ft_ptr, fr_ptr, fs_ptr, fl_ptr, start, end, rm, m_ok, N, K,
+               HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr, CACHE_L1: tl.constexpr,
+               VALUES: tl.constexpr, BRANCH: tl.constexpr, BM: tl.constexpr, BS: tl.constexpr):
+    """The flat loop over list entries ``start .. end`` for the token rows ``rm`` (see ``flat_rows_kernel``)."""
     dtype = c_ptr.dtype.element_ty
-    rm = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
-    m_ok = rm < M
     rs = tl.arange(0, BS)
-    start = tl.load(gptr_ptr + pid_g)
-    end = tl.load(gptr_ptr + pid_g + 1)
     acc = tl.zeros([BM, BS], dtype=tl.float32)
     v_off = start.to(tl.int64) * (BS * BS)  # entry e's block in values (VALUES)
     for e in range(start, end):
@@ -145,6 +138,106 @@ def flat_rows_kernel(a_ptr, w_ptr, bias_ptr, c_ptr, gptr_ptr, ft_ptr, fr_ptr, fs
             tl.store(c_ptr + rm[:, None] * N + rj[None, :], out.to(dtype), mask=(m_ok & is_last)[:, None],
                      eviction_policy="evict_first")
             acc = tl.where(is_last[:, None], 0.0, acc)
+
+
+@triton.jit
+def flat_rows_kernel(a_ptr, w_ptr, bias_ptr, c_ptr, gptr_ptr, ft_ptr, fr_ptr, fs_ptr, fl_ptr, M, N, K,
+                     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr, CACHE_L1: tl.constexpr,
+                     VALUES: tl.constexpr, BRANCH: tl.constexpr, BM: tl.constexpr, BS: tl.constexpr):
+    """Forward ``C = A @ (W * M)^T (+ bias)``: program (m, g) walks entries ``gptr[g] .. gptr[g + 1]`` of the flat
+    list for token tile m. Entry e: the (BS, BS) weight tile at tile row ``fr[e]`` and tile column ``ft[e]`` (or,
+    with ``VALUES``, the e-th (BS, BS) block of ``w``, BSR values in list order), scaled by ``fs[e]``; when
+    ``fl[e]`` the row is complete: bias added, stored, accumulator reset (``BRANCH``: in an ``if``; otherwise a
+    predicated store and a select, no branch in the pipelined loop)."""
+    pid_m = tl.program_id(0)
+    pid_g = tl.program_id(1)
+    rm = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
+    m_ok = rm < M
+    start = tl.load(gptr_ptr + pid_g)
+    end = tl.load(gptr_ptr + pid_g + 1)
+    _flat_walk(a_ptr, w_ptr, bias_ptr, c_ptr, ft_ptr, fr_ptr, fs_ptr, fl_ptr, start, end, rm, m_ok, N, K,
+               HAS_BIAS, IEEE, DOT_F32, CACHE_L1, VALUES, BRANCH, BM, BS)
+
+
+@triton.jit
+def flat_self_kernel(a_ptr, w_ptr, mask_ptr, bias_ptr, c_ptr, iscratch_ptr, fscratch_ptr, M, N, K, n_j, n_t,
+                     mask_cols, block_j, block_t, R, n_groups,
+                     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr, CACHE_L1: tl.constexpr,
+                     BRANCH: tl.constexpr, RB: tl.constexpr, CT: tl.constexpr, BM: tl.constexpr, BS: tl.constexpr):
+    """``flat_rows_kernel`` with no list launch before it: program (m, g) first lists its group's kept tiles
+    itself (tile rows ``g * R ..``, RB at a time: a (RB, CT) load of the mask, prefix sums along and across the rows, an empty
+    row's one entry of value 0) into the group's region of a scratch buffer (every token tile's program writes the
+    same values there), then a barrier, then the same flat walk over them. Scratch: ``iscratch`` int32
+    (3, n_groups * R * n_t) for tile column, tile row, last flag; ``fscratch`` float32 (n_groups * R * n_t) for
+    the mask values."""
+    pid_m = tl.program_id(0)
+    pid_g = tl.program_id(1)
+    rm = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
+    m_ok = rm < M
+    cap = R * n_t
+    total = n_groups.to(tl.int64) * cap
+    base = pid_g.to(tl.int64) * cap
+    ft_ptr = iscratch_ptr
+    fr_ptr = iscratch_ptr + total
+    fl_ptr = iscratch_ptr + 2 * total
+    fs_ptr = fscratch_ptr
+    rl = tl.arange(0, RB)
+    tc = tl.arange(0, CT)
+    n_entries = n_j * 0
+    for r0 in range(0, R, RB):  # RB rows at a time: a few values per thread, not the whole group at once
+        rows = pid_g * R + r0 + rl
+        r_ok = (r0 + rl < R) & (rows < n_j)
+        ok = r_ok[:, None] & (tc < n_t)[None, :]
+        v = tl.load(mask_ptr + ((rows * BS) // block_j).to(tl.int64)[:, None] * mask_cols
+                    + ((tc * BS) // block_t)[None, :], mask=ok, other=0.0)
+        keep = ((v != 0) & ok).to(tl.int32)
+        cnt = tl.sum(keep, axis=1)
+        slots = tl.where(r_ok, tl.maximum(cnt, 1), 0)
+        row_off = base + n_entries + tl.cumsum(slots, 0) - slots
+        rank = tl.cumsum(keep, axis=1) - keep
+        pos = row_off[:, None] + rank
+        kept = keep != 0
+        tl.store(ft_ptr + pos, tc[None, :] + rows[:, None] * 0, mask=kept)
+        tl.store(fr_ptr + pos, rows[:, None] + tc[None, :] * 0, mask=kept)
+        tl.store(fs_ptr + pos, v, mask=kept)
+        tl.store(fl_ptr + pos, (rank == cnt[:, None] - 1).to(tl.int32), mask=kept)
+        empty = r_ok & (cnt == 0)
+        tl.store(ft_ptr + row_off, rl * 0, mask=empty)
+        tl.store(fr_ptr + row_off, rows, mask=empty)
+        tl.store(fs_ptr + row_off, rl * 0.0, mask=empty)
+        tl.store(fl_ptr + row_off, rl * 0 + 1, mask=empty)
+        n_entries += tl.sum(slots, 0)
+    tl.debug_barrier()  # the program's own stores, visible to all its threads
+    _flat_walk(a_ptr, w_ptr, bias_ptr, c_ptr, ft_ptr, fr_ptr, fs_ptr, fl_ptr, base, base + n_entries, rm,
+               m_ok, N, K, HAS_BIAS, IEEE, DOT_F32, CACHE_L1, False, BRANCH, BM, BS)
+
+
+SELF_LIST_CHUNK = 512  # mask values a flat_self_kernel program lists per step (more: registers past 110)
+
+
+def flat_self_forward(x2d: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias, block_shape, rows: int,
+                      bm: int = 64, warps: int = 4, stages: int = 3, cache_l1: bool = True, branch: bool = False,
+                      side: int = 32) -> torch.Tensor:
+    """``x2d @ (weight * expand(mask)).T + bias`` by ``flat_self_kernel`` (one launch; ``mask`` float32,
+    compact; each program lists its group's kept tiles)."""
+    N, K = weight.shape
+    M = x2d.shape[0]
+    n_j, n_t = N // side, K // side
+    ct = max(16, triton.next_power_of_2(n_t))
+    if ct > 1024:
+        raise ValueError(f"flat_self_forward: {n_t} tiles per row is more than a program lists at once")
+    rb = max(1, min(triton.next_power_of_2(rows), SELF_LIST_CHUNK // ct))
+    n_groups = triton.cdiv(n_j, rows)
+    y = torch.empty((M, N), dtype=x2d.dtype, device=x2d.device)
+    iscratch = torch.empty(3 * n_groups * rows * n_t, dtype=torch.int32, device=x2d.device)
+    fscratch = torch.empty(n_groups * rows * n_t, dtype=torch.float32, device=x2d.device)
+    grid = (triton.cdiv(M, bm), n_groups)
+    flat_self_kernel[grid](x2d, weight, mask, bias if bias is not None else y, y, iscratch, fscratch, M, N, K, n_j,
+                           n_t, mask.shape[1], block_shape[0], block_shape[1], rows, n_groups,
+                           HAS_BIAS=bias is not None, IEEE=x2d.dtype == torch.float32, DOT_F32=_dot_f32(x2d),
+                           CACHE_L1=cache_l1, BRANCH=branch, RB=rb, CT=ct, BM=bm, BS=side, num_warps=warps,
+                           num_stages=stages)
+    return y
 
 
 def flat_lists(mask: torch.Tensor, block_shape, rows: int, side: int = 32):
@@ -290,6 +383,7 @@ def list_values(bsr_values: torch.Tensor, lists) -> torch.Tensor:
 # (rows per program, tokens per program, warps, stages, activations through L1, branch) for the sweep
 FLAT_CANDIDATES = [(r, bm, 4, st, l1, br) for r in (8, 24, 48) for bm in (64, 128) for st in (2, 3)
                    for l1 in (True, False) for br in (False, True) if not (br and (st == 2 or not l1))]
+FLAT_SELF_CANDIDATES = [(r, bm, 4, 3, True, False) for r in (8, 24) for bm in (64, 128)]
 FLAT_BSL_CANDIDATES = [(r, bm, 4, 3, True, False) for r in (8, 24, 48) for bm in (64, 128)]
 
 # (rows per program, tokens per program, warps, stages, activations through L1) for the sweep

@@ -20,7 +20,8 @@ Steps, each on BERT-base shapes (768x768, 3072x768 FFN in, 768x3072 FFN out), 32
 ``--experiments`` adds the candidate kernels of ``benchmarks/masked_linear_experiments.py`` (forward and
 BlockSparseLinear at 0.1, next to the package's kernels in the same run), unmeasured so far; the best flat-list
 forward is timed again with its list built on the device per call (``flat_list_kernel``, what the masked linear
-would pay), and that list build alone.
+would pay), that list build alone, and with each program listing its own group's tiles (``flat_self_kernel``,
+no second launch).
 
 The first recorded run (GPU_NOTES call 7) also timed two variants since removed from the kernel (the other
 program order, the mask value applied to the product instead of the weight tile: neither helped) and a
@@ -214,6 +215,15 @@ def main():
 
             rows += sweep("forward flat candidate, its list built on the device per call (flat_list_kernel)",
                           [best_flat], sparse, flat_device, fwd_want, candidates=True)[0]
+
+            def flat_self(c, cfg):
+                return ex.flat_self_forward(c["x"], c["w"], c["mask"], c["b"], BLOCK, *cfg)
+
+            self_cfgs = [best_flat] + [c for c in ex.FLAT_SELF_CANDIDATES if c != best_flat]
+            r, best_self = sweep("forward flat candidates, each program listing its own group (flat_self_kernel)",
+                                 self_cfgs, sparse, flat_self, fwd_want, candidates=True)
+            rows += r
+            chosen["forward flat self-listing candidate"] = best_self
             for (N, K), c in sparse.items():
                 try:
                     ms = graph_ms(lambda c=c: ex.device_flat_lists(c["mask"], BLOCK, best_flat[0]))

@@ -52,6 +52,9 @@ def test_flat_rows_forward(shape):
         for cfg in [(64, 4, 2, True, False), (128, 4, 3, False, False), (64, 4, 3, True, True)]:
             y = ex.flat_rows_forward(x.to(dev), w.to(dev), lists, b.to(dev), rows, *cfg)
             assert (y.cpu().double() - want).abs().max().item() <= 1e-5 * want.abs().max().item(), (rows, cfg)
+        for cfg in [(64, 4, 2, True, False), (32, 4, 3, False, True)]:  # each program lists its own group
+            y = ex.flat_self_forward(x.to(dev), w.to(dev), mask.to(dev), b.to(dev), (32, 32), rows, *cfg)
+            assert (y.cpu().double() - want).abs().max().item() <= 1e-5 * want.abs().max().item(), (rows, cfg)
         blists = [t.to(dev) for t in ex.flat_lists(binary, (32, 32), rows)]
         y = ex.flat_rows_forward(x.to(dev), w.to(dev), blists, b.to(dev), rows,
                                  values=ex.list_values(values.to(dev), blists))
@@ -103,6 +106,7 @@ def test_gpu_sweep_runs_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(ex, "CANDIDATES", ex.CANDIDATES[:2])
     monkeypatch.setattr(ex, "FLAT_CANDIDATES", [c for c in ex.FLAT_CANDIDATES if c[0] == 8][:2])
     monkeypatch.setattr(ex, "FLAT_BSL_CANDIDATES", ex.FLAT_BSL_CANDIDATES[:1])
+    monkeypatch.setattr(ex, "FLAT_SELF_CANDIDATES", ex.FLAT_SELF_CANDIDATES[:1])
     monkeypatch.setattr(sys, "argv", ["masked_linear_sweep.py", "--no-tiles", "--experiments", "--tokens", "40",
                                       "--densities", "0.5", "--out", str(tmp_path)])
     sweep.main()
@@ -111,5 +115,6 @@ def test_gpu_sweep_runs_end_to_end(tmp_path, monkeypatch):
     steps = {r["step"] for r in rows}
     assert any(s.startswith("forward flat candidate, its list built on the device") for s in steps), steps
     assert "flat list alone (flat_list_kernel)" in steps
+    assert any("flat_self_kernel" in s for s in steps), steps
     assert not [r for r in rows if r["note"]], [r for r in rows if r["note"]]
     assert any(r["step"] == "crossover" for r in rows)
