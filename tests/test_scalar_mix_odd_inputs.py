@@ -120,17 +120,20 @@ def test_huge_values_in_padding_leave_the_statistics_exact(backend, device, pad)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
-def test_layer_norm_of_zero_width_layers(backend, device):
-    """A zero-width last dimension: an empty output and zero parameter gradients (the Triton path raised an
-    IndexError reading the statistics of no tiles)."""
-    xs = [torch.randn(2, 3, 0, device=device, requires_grad=True) for _ in range(2)]
+@pytest.mark.parametrize("shape", [(2, 3, 0), (0, 3, 4), (2, 0, 4)], ids=["zero-width", "empty-batch", "no-tokens"])
+def test_layer_norm_of_empty_layers(backend, device, shape):
+    """A zero-width last dimension or no rows at all: an empty output and zero parameter gradients, as AllenNLP
+    (the Triton path raised an IndexError reading the statistics of no tiles; an empty batch was refused as
+    "the mask masks every position")."""
+    xs = [torch.randn(shape, device=device, requires_grad=True) for _ in range(2)]
     s = torch.zeros(2, device=device, requires_grad=True)
     g = torch.ones(1, device=device, requires_grad=True)
-    out = bermo.scalar_mix(xs, s, g, mask=torch.ones(2, 3, dtype=torch.bool, device=device), do_layer_norm=True,
-                           backend=backend)
-    assert out.shape == (2, 3, 0)
+    out = bermo.scalar_mix(xs, s, g, mask=torch.ones(shape[:-1], dtype=torch.bool, device=device),
+                           do_layer_norm=True, backend=backend)
+    assert out.shape == shape
     out.sum().backward()
     assert not s.grad.any() and not g.grad.any()
+    assert xs[0].grad.shape == shape
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

@@ -104,7 +104,7 @@ def row_mask_of(mask: Optional[torch.Tensor], x0: torch.Tensor) -> torch.Tensor:
     not_zero_one, any_kept = torch.stack([bad, mask.any()]).tolist()
     if not_zero_one:
         raise ValueError(f"{OP_NAME}: an integer mask must hold only 0 and 1")
-    if not any_kept:
+    if not any_kept and mask.numel():  # (an empty batch has nothing to normalise: an empty output, as AllenNLP)
         raise ValueError(f"{OP_NAME}: the mask masks every position: layer norm needs at least one unmasked "
                          "position (its mean and variance would be 0/0)")
     return (mask != 0).reshape(-1).to(acc_dtype(x0.dtype))
@@ -220,11 +220,14 @@ def _differentiable_backward(ctx, grad_out, scalars, gamma, row_mask, layers):
     """The backward as a differentiable function of the inputs, for ``create_graph=True`` (gradient penalties,
     double backward): the fused kernels compute numbers, not a graph, so this recomputes the eager formula and
     lets autograd build the graph of its gradients. Slower, but never a silent zero."""
-    inputs = [scalars, gamma, *layers]
     flags = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], *ctx.needs_input_grad[LAYERS_ARG:]]
     wanted = [i for i, f in enumerate(flags) if f]
-    tensors = list(layers[0].unbind(0)) if ctx.stacked else list(layers)
     with torch.enable_grad():
+        # one alias per argument slot: a tensor passed as several layers would otherwise get its whole gradient
+        # in each slot, which autograd then adds up (n times the gradient for n slots)
+        inputs = [t.view_as(t) for t in (scalars, gamma, *layers)]
+        scalars, gamma, layers = inputs[0], inputs[1], inputs[2:]
+        tensors = list(layers[0].unbind(0)) if ctx.stacked else list(layers)
         out = reference_scalar_mix(tensors, scalars, gamma, row_mask)
         found = torch.autograd.grad(out, [inputs[i] for i in wanted], grad_out, create_graph=True,
                                     allow_unused=True)
