@@ -84,7 +84,9 @@ def packed_values(values: torch.Tensor) -> torch.Tensor:
     """``values`` (nnz, bo, bi) as the C++ kernel's panels (nnz, bi, roundup(bo, 16)), accumulation dtype.
 
     The panels of a tensor are kept while it lives and is not changed in place (its version counter), so a
-    module's forward packs once; a freed tensor's panels are dropped with it."""
+    module's forward packs once; a freed tensor's panels are dropped with it. A write the version counter does
+    not see (in place through ``.data``, a numpy or DLPack view) is not seen here either: ``clear_cache()`` after
+    one (checking the contents each call would cost as much as packing them again)."""
     # Keyed by the caller's tensor object itself (a detached alias would be a new object each call), checked
     # against its version counter (in-place changes) and its storage, shape and dtype (``.data`` assignments).
     version = _version(values)

@@ -236,6 +236,11 @@ def test_cpu_packed_values_follow_in_place_changes(monkeypatch):
         packed = cpu.packed_values(layer.values)
         layer(case["x"])
         assert cpu.packed_values(layer.values) is packed
+        # A write through .data bypasses the version counter (documented): clear_cache() makes it seen.
+        layer.values.data.mul_(2)
+        cpu.clear_cache()
+        y = layer(case["x"])
+    assert torch.allclose(y, case["x"] @ layer.to_dense().t(), rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -231,11 +231,24 @@ def test_torch_compile(backend, device):
     (dict(x=torch.randn(3, 64, dtype=torch.float64)), TypeError, "x and weight must share"),
     (dict(weight=torch.randn(32, 64, 1)), ValueError, "weight must be 2-D"),
     (dict(mask=[[1, 0]]), TypeError, "mask must be a torch.Tensor"),
+    (dict(block_shape=(16.5, 16)), TypeError, "block_shape must be a pair of positive ints"),
+    (dict(block_shape=(16, 16.0)), TypeError, "block_shape must be a pair of positive ints"),
+    (dict(block_shape="11", mask=torch.ones(32, 64, dtype=torch.bool)), TypeError, "block_shape must be a pair"),
+    (dict(block_shape=(True, True), mask=torch.ones(32, 64, dtype=torch.bool)), TypeError,
+     "block_shape must be a pair"),
 ], ids=["block-divides", "block-zero", "block-int", "mask-shape", "mask-dtype", "x-width", "bias-shape",
-        "dtype-mismatch", "weight-3d", "mask-list"])
+        "dtype-mismatch", "weight-3d", "mask-list", "block-float", "block-float-whole", "block-str", "block-bool"])
 def test_bad_input_is_named(args, error, match):
     kw = dict(x=torch.randn(3, 64), weight=torch.randn(32, 64), mask=torch.ones(2, 4, dtype=torch.bool),
               bias=torch.randn(32), block_shape=(16, 16))
     kw.update(args)
     with pytest.raises(error, match=match):
         ml.masked_linear(kw["x"], kw["weight"], kw["mask"], kw["bias"], kw["block_shape"], backend="reference")
+
+
+@pytest.mark.parametrize("density", [True, -0.1, 1.5, "0.5"], ids=str)
+def test_bad_density_hint_is_named(density):
+    """The density hint is a number in [0, 1] or None: not a bool (True would read as 1.0, the dense path)."""
+    with pytest.raises(ValueError, match="density .* must be a number in"):
+        ml.masked_linear(torch.randn(3, 64), torch.randn(32, 64), torch.ones(2, 4, dtype=torch.bool), None, (16, 16),
+                         backend="reference", density=density)

@@ -36,7 +36,12 @@ class BlockSparseLinear(nn.Module):
     The forward computes only the kept blocks (``backend``: ``None``/``"auto"``, ``"triton"``, ``"cpu"``,
     ``"reference"``; see ``bermo.backends``). It is an inference layer: gradients do reach ``values``, ``bias`` and
     the input, but through the dense formula (``to_dense()``), no faster than ``nn.Linear``. The indices' contents
-    are checked when the layer is built and again only after they change."""
+    are checked when the layer is built and again only after they change.
+
+    The ``cpu`` backend keeps ``values`` packed for its kernel between calls and packs again after every change
+    autograd's version counter sees (in-place ops on the Parameter, ``load_state_dict``, ``.to()``, assigning
+    ``.data``). A write that bypasses the counter (in place through ``values.data``, a numpy or DLPack view) is
+    invisible to it, as to autograd: call ``bermo.kernels.block_sparse_linear_cpu.clear_cache()`` after one."""
 
     def __init__(self, in_features: int, out_features: int, block_shape: Sequence[int], crow_indices: torch.Tensor,
                  col_indices: torch.Tensor, values: torch.Tensor, bias: Optional[torch.Tensor] = None,

@@ -17,6 +17,7 @@ values in [0, 1]). With ``G = dY^T X`` (out, in), the gradients are
 from __future__ import annotations
 
 import math
+import operator
 
 from typing import List, Optional, Sequence, Tuple
 
@@ -37,10 +38,14 @@ OP_NAME = "masked_linear"
 # ----------------------------------------------------------------------------------------------------------
 def check_block_shape(block_shape, weight_shape) -> Tuple[int, int]:
     """``(bo, bi)`` as ints, validated against the weight's shape ``(out, in)``."""
-    try:
-        bo, bi = (int(v) for v in block_shape)
+    try:  # ints only: int() would turn 1.5, "1" or True into a block side silently
+        bo, bi = block_shape
+        if isinstance(bo, bool) or isinstance(bi, bool):
+            raise TypeError
+        bo, bi = operator.index(bo), operator.index(bi)
     except (TypeError, ValueError):
-        raise TypeError(f"{OP_NAME}: block_shape must be a pair of positive ints (bo, bi); got {block_shape!r}")
+        raise TypeError(f"{OP_NAME}: block_shape must be a pair of positive ints (bo, bi); got {block_shape!r}") \
+            from None
     if bo < 1 or bi < 1:
         raise ValueError(f"{OP_NAME}: block_shape must be positive; got {(bo, bi)}")
     out_f, in_f = weight_shape
@@ -233,7 +238,8 @@ def masked_linear(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bia
     if isinstance(x, torch.Tensor):
         x, weight, bias = autocast_inputs(x.device.type, x, weight, bias)
     bo, bi = _validate(x, weight, mask, bias, block_shape)
-    if density is not None and not (isinstance(density, (int, float)) and 0.0 <= density <= 1.0):
+    if density is not None and not (isinstance(density, (int, float)) and not isinstance(density, bool)
+                                    and 0.0 <= density <= 1.0):
         raise ValueError(f"{OP_NAME}: density (the expected kept fraction, a hint) must be a number in [0, 1] or "
                          f"None; got {density!r}")
     name = backends.resolve_no_float64_triton(backend, x, OP_NAME)
