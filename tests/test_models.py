@@ -273,6 +273,19 @@ def test_float_attention_mask_with_layer_norm():
                                model(ids, attention_mask=mask).pooler_output)
 
 
+def test_four_dimensional_attention_mask_with_layer_norm_is_named():
+    """A 4-D attention mask (which keys each query sees) does not say which tokens the mix's layer norm counts:
+    refused naming attention_mask and the 2-D mask it needs (it failed inside ScalarMix on the mask's shape);
+    without layer norm the model takes it as transformers does."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, 60, (2, 7), generator=torch.Generator().manual_seed(0))
+    mask4 = torch.ones(2, 1, 1, 7)
+    with pytest.raises(ValueError, match=r"attention_mask of shape \(2, 1, 1, 7\): pass the 2-D padding mask"):
+        BermoModel(tiny_config(mix_layer_norm=True)).eval()(ids, attention_mask=mask4)
+    model = BermoModel(tiny_config()).eval()
+    model(ids, attention_mask=mask4)
+
+
 def test_mixing_weights_accessors_read_the_mix_in_every_class():
     torch.manual_seed(6)
     initial = [0.4, -0.1, 0.0, 0.9]

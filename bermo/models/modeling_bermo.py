@@ -159,6 +159,10 @@ class BermoModel(BermoPreTrainedModel, BertModel):
             if self.config.mix_layer_norm:
                 mask = attention_mask if attention_mask is not None else torch.ones(
                     layers[0].shape[:-1], dtype=torch.bool, device=layers[0].device)
+                if mask.dim() != 2:  # a 4-D mask says which keys each query sees, not which tokens are padding
+                    raise ValueError(f"BermoModel: config.mix_layer_norm=True normalises over the tokens the 2-D "
+                                     f"attention_mask (batch, sequence) keeps; got an attention_mask of shape "
+                                     f"{tuple(mask.shape)}: pass the 2-D padding mask (1 = token, 0 = padding)")
                 if mask.is_floating_point():  # transformers takes float 0/1 masks too; the mix wants bool/int
                     mask = mask != 0
             mixed_seq = self.scalar_mix(layers, mask)
