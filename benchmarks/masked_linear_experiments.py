@@ -381,8 +381,10 @@ def list_values(bsr_values: torch.Tensor, lists) -> torch.Tensor:
 
 
 # (rows per program, tokens per program, warps, stages, activations through L1, branch) for the sweep
-FLAT_CANDIDATES = [(r, bm, 4, st, l1, br) for r in (8, 24, 48) for bm in (64, 128) for st in (2, 3)
-                   for l1 in (True, False) for br in (False, True) if not (br and (st == 2 or not l1))]
+# (4 stages with L1: with about one program per multiprocessor, the loads in flight per program bound the rate)
+FLAT_CANDIDATES = [(r, bm, 4, st, l1, br) for r in (8, 24, 48) for bm in (64, 128) for st in (2, 3, 4)
+                   for l1 in (True, False) for br in (False, True)
+                   if not (br and (st != 3 or not l1)) and not (st == 4 and not l1)]
 FLAT_SELF_CANDIDATES = [(r, bm, 4, 3, True, False) for r in (8, 24) for bm in (64, 128)]
 FLAT_BSL_CANDIDATES = [(r, bm, 4, 3, True, False) for r in (8, 24, 48) for bm in (64, 128)]
 
