@@ -48,6 +48,40 @@ def test_groups_for_the_bare_model_and_any_module_with_a_scalar_mix():
         ("encoder", 1, 1e-3, 0.1), ("encoder_no_decay", 1, 1e-3, 0.0), ("mix", 4, 1e-1, 0.0)]
 
 
+def test_weight_decay_follows_the_hf_trainers_rule():
+    """Which parameters are decayed is the HF Trainer's own choice (get_decay_parameter_names), for any module
+    holding a mix: parameters named norm / *_norm (batch_norm, a custom final_norm) are not decayed, an RMSNorm
+    module named otherwise is (bermo's own list had both the other way round); a decay list given is used as is."""
+    from torch import nn
+    from transformers import Trainer, TrainingArguments
+
+    class Norm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(4))
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mix = ScalarMix(2)
+            self.final_norm, self.norm, self.batch_norm = Norm(), Norm(), nn.BatchNorm1d(4)
+            self.rms, self.proj, self.LayerNorm = nn.RMSNorm(4), nn.Linear(4, 4), nn.LayerNorm(4)
+
+    model = Model()
+
+    def decayed(groups):
+        ids = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+        return {n for n, p in model.named_parameters() if id(p) in ids}
+
+    trainer = Trainer(model=model, args=TrainingArguments(output_dir="unused", report_to=[], use_cpu=True))
+    hf = set(trainer.get_decay_parameter_names(model)) - {"mix.gamma"} - {f"mix.scalar_parameters.{i}" for i in (0, 1)}
+    got = decayed(mix_parameter_groups(model, lr=1e-3, mix_lr=1e-2, weight_decay=0.1))
+    assert got == hf == {"rms.weight", "proj.weight"}
+    chosen = decayed(mix_parameter_groups(model, lr=1e-3, mix_lr=1e-2, weight_decay=0.1,
+                                          decay_parameter_names=["proj.weight", "norm.weight"]))
+    assert chosen == {"proj.weight", "norm.weight"}
+
+
 def test_frozen_parameters_are_left_out():
     model = BermoForSequenceClassification(tiny_config())
     for p in model.bert.embeddings.parameters():

@@ -113,6 +113,17 @@ def test_random_blocks(dtype, keep_prob):
             assert module.weight.dtype == dtype
 
 
+def test_sparsity_report_of_a_compressed_model_says_so():
+    """After compress the masks are gone: the report says the model is compressed, not 'call prepare first'."""
+    from bermo.pruning import sparsity_report
+
+    model = masked_model(seed=3, keep_prob=0.3)
+    sparsity_report(model)
+    compress(model)
+    with pytest.raises(ValueError, match="is compressed .*take the report before compress"):
+        sparsity_report(model)
+
+
 @pytest.mark.parametrize("method", ["topK", "magnitude", "l0"])
 def test_other_methods_eval_mask(method):
     """topK / magnitude at density 0.5, and l0 with its float eval mask; compressed in training mode, which must

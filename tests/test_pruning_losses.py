@@ -84,9 +84,58 @@ def test_distillation_loss_is_zero_for_equal_logits_and_asymmetric():
     assert distillation_loss(x, y, 1.0).item() != pytest.approx(distillation_loss(y, x, 1.0).item(), rel=1e-3)
 
 
+def test_distillation_of_a_regression_is_the_squared_error_to_the_teacher():
+    """One output: a softmax over it is always 1 (the KL was 0 whatever the student predicted, and the task loss
+    was silently scaled by 1 - alpha); a regression's teacher gives targets, the temperature plays no part."""
+    gen = torch.Generator().manual_seed(11)
+    student = torch.randn(6, 1, generator=gen, requires_grad=True)
+    teacher = 10 * torch.randn(6, 1, generator=gen)
+    want = ((student.detach().double() - teacher.double()) ** 2).mean()
+    for kw in ({}, {"problem_type": "regression"}):
+        for T in (1.0, 3.0):
+            torch.testing.assert_close(distillation_loss(student, teacher, T, **kw).double(), want)
+    distillation_loss(student, teacher).backward()
+    torch.testing.assert_close(student.grad, 2 * (student.detach() - teacher) / 6)
+    # several regression targets per example
+    s2, t2 = torch.randn(4, 3, generator=gen), torch.randn(4, 3, generator=gen)
+    torch.testing.assert_close(distillation_loss(s2, t2, 2.0, problem_type="regression"), ((s2 - t2) ** 2).mean())
+
+
+def test_distillation_of_multi_label_outputs_is_the_per_label_kl():
+    gen = torch.Generator().manual_seed(12)
+    s, t = torch.randn(5, 4, generator=gen, dtype=torch.float64), torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    T = 2.5
+    p, q = torch.sigmoid(t / T), torch.sigmoid(s / T)
+    want = (p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()).sum(-1).mean() * T * T
+    torch.testing.assert_close(distillation_loss(s, t, T, problem_type="multi_label_classification"), want)
+    # one yes/no label is a multi-label problem, not a regression
+    torch.testing.assert_close(distillation_loss(s[:, :1], t[:, :1], T, problem_type="multi_label_classification"),
+                               (p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log())[:, 0].mean() * T * T)
+
+
+def test_distillation_loss_where_the_teacher_rules_a_class_out_is_finite():
+    """A teacher logit of -inf (probability 0) adds nothing: the KL was NaN (0 * -inf), also for equal logits."""
+    t = torch.tensor([[float("-inf"), 1.0, 2.0], [0.5, float("-inf"), 0.0]])
+    s = torch.tensor([[0.0, 1.0, 2.0], [0.3, 0.1, 0.2]], requires_grad=True)
+    T = 2.0
+    loss = distillation_loss(s, t, T)
+    p = torch.softmax(t / T, -1)
+    log_q = torch.log_softmax(s.detach() / T, -1)
+    want = torch.where(p > 0, p * (torch.log_softmax(t / T, -1) - log_q), torch.zeros(())).sum(-1).mean() * T * T
+    torch.testing.assert_close(loss.detach(), want)
+    loss.backward()
+    assert torch.isfinite(s.grad).all()
+    assert distillation_loss(t.clone(), t, T).item() == 0.0
+    ml = torch.tensor([[float("inf"), -1.0]])
+    assert torch.isfinite(distillation_loss(torch.zeros(1, 2), ml, T, problem_type="multi_label_classification"))
+
+
 @pytest.mark.parametrize("args, error, match", [
+    ((torch.randn(4, 3), torch.randn(4, 3), 2.0, "regresion"), ValueError, "problem_type must be one of"),
+    ((torch.randn(4, 1), torch.randn(4, 1), 2.0, "single_label_classification"), ValueError,
+     "needs at least two classes"),
     ((torch.randn(4, 3), torch.randn(4, 2), 2.0), ValueError, "differ in shape"),
-    ((torch.randn(4, 3), torch.randn(4, 3), 0.0), ValueError, "temperature must be in \\(0, inf\\]"),
+    ((torch.randn(4, 3), torch.randn(4, 3), 0.0), ValueError, "temperature must be in \\(0, inf\\)"),
     ((torch.randn(4, 3), torch.randn(4, 3), float("nan")), ValueError, "temperature must be a finite"),
     ((torch.randn(4, 3), torch.randn(4, 3), -1), ValueError, "temperature must be in"),
     ((torch.randn(3), torch.randn(3), 2.0), ValueError, "must be \\(batch, ..., classes\\) logits"),

@@ -137,6 +137,35 @@ def test_penalty_and_distillation_are_in_the_loss_and_logged_with_bermo_trainer(
         torch.testing.assert_close(trainer.compute_loss(model, batch), model(**batch).loss)
 
 
+def test_distillation_of_a_regression_student_uses_the_squared_error(tmp_path):
+    """A one-output (regression) classifier distilled from a teacher: the distillation term is the squared error
+    to the teacher's predictions (it was a softmax KL over one output, always 0: the teacher had no effect)."""
+    def regressor(seed):
+        torch.manual_seed(seed)
+        return BermoForSequenceClassification(BermoConfig(mix_backend="reference", **dict(TINY, num_labels=1)))
+
+    teacher, model = regressor(1), regressor(0)
+    with torch.no_grad():
+        teacher.classifier.bias.fill_(5.0)  # far from the student's predictions
+    rows = [dict(r, labels=r["labels"].float()) for r in dataset(8)]
+    pruning = PruningConfig(method="topK", block_shape=(8, 8), final_level=0.5, total_steps=2, teacher=teacher,
+                            alpha=0.9, prepare_options=REF)
+    trainer = PruningTrainer(model=model, args=training_args(tmp_path, max_steps=2), train_dataset=rows,
+                             pruning=pruning)
+    trainer.train()
+    assert model.config.problem_type == "regression"
+    logs = [h for h in trainer.state.log_history if "distill_loss" in h]
+    assert logs and all(h["distill_loss"] > 1.0 for h in logs), logs
+    batch = {k: torch.stack([r[k] for r in rows[:4]]) for k in ("input_ids", "attention_mask", "labels")}
+    model.train()
+    loss = trainer.compute_loss(model, batch)
+    with torch.no_grad():
+        out = model(**batch)
+        teach = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        expected = 0.9 * ((out.logits - teach) ** 2).mean() + 0.1 * out.loss
+    torch.testing.assert_close(loss.detach(), expected)
+
+
 def test_extra_terms_follow_the_trainers_gradient_accumulation_convention(tmp_path):
     trainer = PruningTrainer(model=bert(), args=training_args(tmp_path, gradient_accumulation_steps=4),
                              pruning=PruningConfig(final_level=0.5, block_shape=(8, 8), prepare_options=REF))

@@ -8,7 +8,8 @@ which would pull the scalars to uniform weights and gamma to 0.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+import numbers
+from typing import Dict, Iterable, List, Optional
 
 import torch
 
@@ -18,26 +19,31 @@ from ..nn.scalar_mix import ScalarMix
 # (MiniLM-L6 on rotten_tomatoes, encoder lr 5e-5; table in benchmarks/results/mix_lr_sweep.md).
 DEFAULT_MIX_LR = 1e-2
 
-_NO_DECAY_PATTERNS = ("bias", "layernorm", "layer_norm", "rmsnorm")
+# transformers' Trainer (get_decay_parameter_names): no weight decay inside nn.LayerNorm modules nor for parameters
+# whose lower-cased name matches one of these
+_NO_DECAY_PATTERNS = (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)")
 
 
-def _decays(name: str, module: torch.nn.Module) -> bool:
-    """transformers' rule (Trainer.get_decay_parameter_names): no decay for biases and normalisation weights."""
-    if isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm)) or type(module).__name__.endswith("RMSNorm"):
-        return False
-    lowered = name.lower()
-    return not any(p in lowered for p in _NO_DECAY_PATTERNS)
+def _decay_names(model: torch.nn.Module) -> set:
+    """The names of ``model``'s parameters that the HF Trainer weight-decays: its rule, through its own helper
+    (``trainer_pt_utils.get_parameter_names``, light to import; the Trainer class is not)."""
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    return set(get_parameter_names(model, [torch.nn.LayerNorm], list(_NO_DECAY_PATTERNS)))
 
 
 def mix_parameter_groups(model: torch.nn.Module, lr: float, mix_lr: float, weight_decay: float = 0.0,
-                         head_lr: Optional[float] = None) -> List[Dict]:
+                         head_lr: Optional[float] = None,
+                         decay_parameter_names: Optional[Iterable[str]] = None) -> List[Dict]:
     """Parameter groups for a ``torch.optim`` optimizer: the encoder at ``lr``, the scalar mix at ``mix_lr``
     and the task head at ``head_lr`` (default ``lr``).
 
     Works for the BERMo models and for any module holding ``bermo.nn.ScalarMix`` modules. Groups:
 
     * ``"encoder"`` / ``"encoder_no_decay"``: the pretrained body (``model.base_model``, e.g. ``model.bert``)
-      except the mix, with ``weight_decay`` except for biases and normalisation weights (as the HF Trainer);
+      except the mix, with ``weight_decay`` except for biases and normalisation weights: the HF Trainer's rule
+      (``decay_parameter_names``: the names to decay, e.g. a Trainer's ``get_decay_parameter_names(model)``;
+      default: that rule as transformers 5 writes it);
     * ``"mix"``: every ScalarMix's scalars and gamma, at ``mix_lr`` and never weight-decayed;
     * ``"head"`` / ``"head_no_decay"``: everything else (e.g. the classifier), at ``head_lr``.
 
@@ -48,9 +54,11 @@ def mix_parameter_groups(model: torch.nn.Module, lr: float, mix_lr: float, weigh
     for what, value in (("lr", lr), ("mix_lr", mix_lr), ("weight_decay", weight_decay), ("head_lr", head_lr)):
         if value is None and what == "head_lr":
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
             raise ValueError(f"mix_parameter_groups: {what} must be a number >= 0, got {value!r}")
-    head_lr = lr if head_lr is None else head_lr
+    lr, mix_lr, weight_decay = float(lr), float(mix_lr), float(weight_decay)
+    head_lr = lr if head_lr is None else float(head_lr)
+    decays = _decay_names(model) if decay_parameter_names is None else set(decay_parameter_names)
 
     mix_params = {id(p) for m in model.modules() if isinstance(m, ScalarMix) for p in m.parameters()}
     if not mix_params:
@@ -73,7 +81,7 @@ def mix_parameter_groups(model: torch.nn.Module, lr: float, mix_lr: float, weigh
                 continue
             part = "encoder" if body is None or id(p) in body else "head"
             full_name = f"{module_name}.{param_name}" if module_name else param_name
-            groups[part if _decays(full_name, module) else f"{part}_no_decay"].append(p)
+            groups[part if full_name in decays else f"{part}_no_decay"].append(p)
 
     settings = {"encoder": (lr, weight_decay), "encoder_no_decay": (lr, 0.0), "mix": (mix_lr, 0.0),
                 "head": (head_lr, weight_decay), "head_no_decay": (head_lr, 0.0)}

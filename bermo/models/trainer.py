@@ -43,7 +43,8 @@ class BermoTrainer(Trainer):
         opt_model = self.model if model is None else model
         args = self.args
         groups = mix_parameter_groups(opt_model, lr=args.learning_rate, mix_lr=getattr(args, "mix_lr", DEFAULT_MIX_LR),
-                                      weight_decay=args.weight_decay, head_lr=getattr(args, "head_lr", None))
+                                      weight_decay=args.weight_decay, head_lr=getattr(args, "head_lr", None),
+                                      decay_parameter_names=self.get_decay_parameter_names(opt_model))
         preset = getattr(self, "optimizer_cls_and_kwargs", None)
         optimizer_cls, optimizer_kwargs = preset if preset is not None else \
             self.get_optimizer_cls_and_kwargs(args, opt_model)

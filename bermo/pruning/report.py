@@ -94,6 +94,9 @@ def sparsity_report(model: nn.Module) -> SparsityReport:
         if module.scores is not None:
             scores.add(id(module.scores))
     if not layers:
+        if getattr(getattr(model, "config", None), "compressed_layout", None):
+            raise ValueError(f"sparsity_report: {type(model).__name__} is compressed (bermo.pruning.compress): its "
+                             "masks are gone (the pruned weights were removed); take the report before compress")
         raise ValueError(f"sparsity_report: {type(model).__name__} has no bermo.nn.MaskedLinear: call "
                          "bermo.pruning.prepare(model) first")
     params = sum(r["params"] for r in layers)

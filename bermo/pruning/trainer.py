@@ -23,10 +23,14 @@ refuses to start when the schedule leaves no pruning phase or when the initial m
 
 The penalty and distillation terms are per-batch means, scaled like the Trainer's loss: where the Trainer takes
 the model's loss as normalised over the whole accumulated batch (a model that accepts ``num_items_in_batch``) it
-does not divide by the gradient accumulation steps, so these terms are divided here. transformers' sequence
-classifiers (BERT's, and BERMo's) accept ``**kwargs`` yet return a per-batch mean, so with gradient accumulation
-(or several processes) their task loss is that many times larger than intended, in plain Trainer runs too;
-with one step per batch on one process, the usual case, all terms are as written.
+does not divide by the gradient accumulation steps, so these terms are divided here. transformers' BERT sequence
+classifier accepts ``**kwargs`` yet returns a per-batch mean, so with gradient accumulation (or several
+processes) its task loss is that many times larger than intended, in plain Trainer runs too (BERMo's classifier
+says ``accepts_loss_kwargs = False``, and the Trainer scales it right); with one step per batch on one process,
+the usual case, all terms are as written.
+
+Distillation follows the student's ``config.problem_type`` (``distillation_loss``): softened KL for single- and
+multi-label classifiers, the mean squared error to the teacher's predictions for regression.
 
 A callback plus a ``compute_loss`` override would do the same; a Trainer subclass keeps it to one object and lets
 the scores' learning rate reach the optimizer. It is written as a mixin (``PruningMixin``) so it composes with
@@ -138,8 +142,9 @@ class PruningConfig:
                 setattr(self, name, value)
         for name in ("initial_warmup_steps", "final_warmup_steps"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
                 raise ValueError(f"PruningConfig: {name} must be an int >= 0 (optimizer steps); got {value!r}")
+            setattr(self, name, int(value))
         if self.total_steps is not None:
             self.schedule(self.total_steps)  # a run too short for the warm-ups fails here, not at train()
         weight = _finite(self.regularization_weight, "regularization_weight")
@@ -331,8 +336,10 @@ class PruningMixin:
         if teacher is not None:
             with torch.no_grad():
                 teacher_outputs = teacher(**teacher_inputs)
+            # the task's kind, as transformers' classifiers record it at their first forward with labels
+            problem_type = getattr(getattr(self.model, "config", None), "problem_type", None)
             distill = distillation_loss(_logits(outputs, "student"), _logits(teacher_outputs, "teacher"),
-                                        self.pruning.temperature)
+                                        self.pruning.temperature, problem_type=problem_type)
             loss = mix_losses(loss, distill * scale, self.pruning.alpha)
             self._record("distill_loss", distill)
         if self.pruning.method in PENALISED_METHODS:
