@@ -278,7 +278,8 @@ def encode_layers(encoder: nn.Module, tokenizer: Any, sentences: Sequence[str], 
         cut = sum(len(row) > max_length for row in tokenizer(longer, truncation=False, verbose=False)["input_ids"])
     if cut:
         warnings.warn(f"encode_layers: {cut} of {len(sentences)} sentences are longer than max_length={max_length} "
-                      "tokens and were truncated (raise max_length to keep them whole)", UserWarning, stacklevel=2)
+                      "tokens and were truncated (raise max_length to keep them whole)", UserWarning,
+                      stacklevel=3)  # the caller's line, past torch.no_grad's wrapper
     types = enc.get("token_type_ids")
     vocab = int(encoder.config.vocab_size)
     top = max(max(row) for row in ids)

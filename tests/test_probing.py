@@ -107,8 +107,9 @@ def test_encode_layers_runs_without_dropout_and_restores_the_mode(tokenizer):
 
 def test_encode_layers_says_how_many_sentences_it_truncated(tiny_encoder):
     encoder, tok = tiny_encoder
-    with pytest.warns(UserWarning, match="1 of 3 sentences are longer than max_length=10 tokens"):
+    with pytest.warns(UserWarning, match="1 of 3 sentences are longer than max_length=10 tokens") as record:
         encode_layers(encoder, tok, SENTENCES, max_length=10)  # only the long one exceeds 10 tokens
+    assert record[0].filename == __file__  # the caller's line, not torch's no_grad wrapper
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -142,6 +142,16 @@ def test_coordination_inversion_puts_the_second_clause_first():
         tagged("``/`` Fine/jj ''/'' ,/, he/pps said/vbd ,/, and/cc the/at cat/nn ran/vbd ./.")
     )
     assert words(pt.invert_coordination(parts)) == "The cat ran , and `` fine '' , he said ."
+    # capitals that stand anywhere keep theirs: a lower-cased "i'm" or "sunday" would mark the inverted sentences
+    parts = pt.Coordination(tagged("I'm/ppss+bem tired/jj"), (",", ","), ("and", "cc"),
+                            tagged("the/at rain/nn falls/vbz"), tagged("./."))
+    assert words(pt.invert_coordination(parts)) == "The rain falls , and I'm tired ."
+    parts = pt.Coordination(tagged("Sunday/nr brunches/nns continue/vb"), None, ("but", "cc"),
+                            tagged("the/at buffets/nns stopped/vbd"), tagged("./."))
+    assert words(pt.invert_coordination(parts)) == "The buffets stopped but Sunday brunches continue ."
+    parts = pt.Coordination(tagged("Today/nr brunches/nns continue/vb"), None, ("but", "cc"),
+                            tagged("the/at buffets/nns stopped/vbd"), tagged("./."))
+    assert words(pt.invert_coordination(parts)) == "The buffets stopped but today brunches continue ."
 
 
 @pytest.mark.parametrize(
@@ -417,6 +427,15 @@ def test_coordination_inversion_is_capped_with_a_warning(tmp_path):
         {"original": 533, "inverted": 533}, {"original": 133, "inverted": 133}, {"original": 133, "inverted": 133}
     ]
     assert "capped at 1600 in all (asked 3000)" in (tmp_path / "README.md").read_text(encoding="utf-8")
+
+
+def test_capped_split_sizes_keep_one_example_per_class():
+    """Scaling a split down to the cap kept 1 example of an asked 2 (then 'ask for at least 2', which was asked)."""
+    with pytest.warns(UserWarning, match="capped at 1600"):
+        sizes = pt._capped_sizes("coordination_inversion", {"train": 5000, "validation": 2, "test": 2})
+    assert sizes == {"train": 1596, "validation": 2, "test": 2}
+    with pytest.warns(UserWarning):
+        assert pt._capped_sizes("coordination_inversion", {"train": 5000, "validation": 1, "test": 3})["validation"] == 1
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -319,6 +319,33 @@ def test_tab_inside_a_tsv_text(write, cache):
         load_text_classification(train_file=later_row, cache_dir=cache)
 
 
+@pytest.mark.parametrize("name,text,line", [
+    ("blank.tsv", "sentence\tlabel\n\ngreat\tfun film\t1\ndull\tslow film\t0\n", 3),
+    ("spaces.tsv", "sentence\tlabel\n   \ngreat\tfun film\t1\ndull\tslow film\t0\n", 3),
+    ("blank.csv", "sentence,label\n\ngreat,fun film,1\ndull,slow film,0\n", 3),
+    ("leading.csv", "\nsentence,label\n\n\ngreat,fun film,1\ndull,slow film,0\n", 5),
+], ids=["tsv", "tsv-spaces", "csv", "csv-leading"])
+def test_a_wide_first_row_past_blank_lines_is_refused(write, cache, name, text, line):
+    """pandas skips blank lines: a wide first data row after one shifted every row's columns silently (each text
+    lost its first field) past the header check, which read the blank line as the first row."""
+    with pytest.raises(ValueError, match=rf"line {line} has 3 fields but the header has 2"):
+        load_text_classification(train_file=write(name, text), cache_dir=cache)
+    ok = load_text_classification(train_file=write("ok" + name, text.replace("great,fun film", "great fun film")
+                                                   .replace("great\tfun film", "great fun film")
+                                                   .replace("dull,slow film", "dull").replace("dull\tslow film", "dull")),
+                                  cache_dir=cache)
+    assert rows(ok, "train")["sentence"] == ["great fun film", "dull"]
+
+
+def test_one_integer_written_two_ways_is_refused(write, cache):
+    """'1', '01' and '+1' became three classes silently; one class or several, the file must say it one way."""
+    path = write("train.tsv", "sentence\tlabel\na\t0\nb\t1\nc\t01\nd\t+1\n")
+    with pytest.raises(ValueError, match=r"the labels '\+1' and '01' and '1' are the same integer written differently"):
+        load_text_classification(train_file=path, cache_dir=cache)
+    named = load_text_classification(train_file=path, cache_dir=cache, label_names=["0", "1", "01", "+1"])
+    assert rows(named, "train")["label"] == [0, 1, 2, 3]
+
+
 def test_malformed_json(write, cache):
     path = write("train.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": \n')
     with pytest.raises(ValueError, match=r"cannot read train file .*train\.jsonl as JSON"):

@@ -400,8 +400,15 @@ def coordination_split(tagged: Sequence[tuple[str, str]]) -> Optional[Coordinati
     return Coordination(tuple(first), comma, tagged[c], tuple(second), tuple(tagged[end:]))
 
 
+# Capitalised wherever they stand, tagged nr (adverbial noun) in Brown, unlike the names tagged np
+WEEKDAYS = frozenset({"Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"})
+
+
 def _keeps_capital(word: str, tag: str) -> bool:
-    return word == "I" or base_tag(tag).startswith("np") or "-tl" in tag
+    """Whether a clause's first word keeps its capital inside a sentence: "I" and its contractions ("I'm" ppss+bem),
+    proper nouns, title words, days of the week (a lower-cased one would mark the inverted sentences)."""
+    return (word == "I" or word.startswith("I'") or base_tag(tag).startswith("np") or "-tl" in tag
+            or word in WEEKDAYS)
 
 
 def _recase_first_word(clause: list[tuple[str, str]], upper: bool) -> None:
@@ -419,8 +426,8 @@ def invert_coordination(parts: Coordination) -> Tagged:
     """coordination_inversion's label-1 sentence: ``second [comma] conjunction first final``.
 
     The capital moves with the sentence start: the second clause's first word is capitalised, the first
-    clause's first word lower-cased unless it is "I", a proper noun or part of a title, so capitals do not
-    give the swap away.
+    clause's first word lower-cased unless it is "I" (or "I'm", "I've", ...), a proper noun, a day of the week or
+    part of a title, so capitals do not give the swap away.
     """
     second = list(parts.second)
     first = list(parts.first)
@@ -1068,7 +1075,10 @@ def _capped_sizes(task: str, sizes: dict[str, int]) -> dict[str, int]:
     cap, total = SIZE_CAPS.get(task), sum(sizes.values())
     if cap is None or total <= cap:
         return dict(sizes)
-    capped = {split: max(1, n * cap // total) for split, n in sizes.items()}
+    classes = len(_LABEL_NAMES.get(task, ())) or 1  # every split keeps room for one example per class, as asked
+    capped = {split: max(min(n, classes), n * cap // total) for split, n in sizes.items()}
+    largest = max(capped, key=capped.get)  # (those floors taken from the largest split: the total stays the cap)
+    capped[largest] -= max(0, sum(capped.values()) - cap)
     warnings.warn(
         f"probing task {task!r}: the Brown corpus supplies too few eligible sentences for {total} examples; its "
         f"splits are capped at {cap} in all, in the asked proportions: "

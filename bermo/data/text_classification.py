@@ -414,16 +414,28 @@ def _read_file(split: str, path: str, fmt: str, cache_dir: Optional[str]) -> "da
 def _check_header(split: str, path: str, fmt: str) -> List[str]:
     """The header of a TSV/CSV file, checked: not empty, no duplicate names, and a first row no wider than the
     header (pandas would silently take the extra field as an index and shift the columns)."""
+    # The header and the first data row as pandas sees them: past blank lines (which it skips), with their line
+    # numbers in the file.
+    rows, line_numbers = [], []
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             if fmt == "tsv":
-                rows = []
-                for line in handle:
+                for number, line in enumerate(handle, 1):
+                    if not line.strip():
+                        continue
                     rows.append(line.rstrip("\r\n").split("\t"))
+                    line_numbers.append(number)
                     if len(rows) == 2:
                         break
             else:
-                rows = [row for _, row in zip(range(2), csv.reader(handle))]
+                reader = csv.reader(handle)
+                for row in reader:
+                    if not row or (len(row) == 1 and not row[0].strip()):
+                        continue
+                    rows.append(row)
+                    line_numbers.append(reader.line_num)
+                    if len(rows) == 2:
+                        break
     except UnicodeDecodeError as exc:
         raise ValueError(f"{split} file {path} is not UTF-8 text: {exc}") from exc
     if not rows or rows[0] == [""]:
@@ -437,8 +449,8 @@ def _check_header(split: str, path: str, fmt: str) -> List[str]:
         raise ValueError(f"{split} file {path} has no data rows (columns {header})")
     if len(rows[1]) > len(header):
         hint = " (a tab inside a text? TSV files are not quoted)" if fmt == "tsv" else ""
-        raise ValueError(f"{split} file {path}: line 2 has {len(rows[1])} fields but the header has {len(header)} "
-                         f"{header}{hint}")
+        raise ValueError(f"{split} file {path}: line {line_numbers[1]} has {len(rows[1])} fields but the header has "
+                         f"{len(header)} {header}{hint}")
     return header
 
 
@@ -537,6 +549,14 @@ def _label_mapping(labels: Dict[str, List[str]], files: Dict[str, str], fmt: str
         split = "train" if "train" in labels else next(iter(labels))
         values = set(labels[split])
         if all(_INT_LABEL.fullmatch(value) for value in values):
+            spellings = {}
+            for value in values:
+                spellings.setdefault(int(value), []).append(value)
+            clashes = [sorted(v) for _, v in sorted(spellings.items()) if len(v) > 1]
+            if clashes:  # one class or several? numbered as strings they were silently several
+                raise ValueError(f"{split} file {files[split]}: the labels " + "; ".join(
+                    " and ".join(repr(v) for v in c) for c in clashes) + " are the same integer written differently: "
+                    "write each class one way (label_names can name them as separate classes, if they are)")
             ordered = sorted(values, key=lambda value: (int(value), value))
             if sorted({int(value) for value in values}) == list(range(len(values))):
                 to_id = {value: int(value) for value in values}
