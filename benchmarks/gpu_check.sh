@@ -28,8 +28,9 @@ $PY -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "Runnin
 
 if [[ $what == sweep ]]; then
   # The block-skipping kernels' candidates (benchmarks/masked_linear_experiments.py) against the package's
-  # forward and BlockSparseLinear kernels, and the crossovers with the package's tiles: two to four minutes.
-  timeout "${SWEEP_TIMEOUT:-300}" $PY benchmarks/masked_linear_sweep.py --no-tiles --experiments \
+  # forward and BlockSparseLinear kernels, and the crossovers with the package's tiles: four to six minutes
+  # (~60 candidate configurations, each compiled, then timed on three shapes; the log keeps every line).
+  timeout "${SWEEP_TIMEOUT:-420}" $PY benchmarks/masked_linear_sweep.py --no-tiles --experiments \
     --densities ${SWEEP_DENSITIES:-0.1 0.2 1.0} --out "$OUT" 2>&1 | tee "$OUT/sweep.log" | grep -E "best|PARITY|Error"
 fi
 

@@ -389,5 +389,4 @@ FLAT_SELF_CANDIDATES = [(r, bm, 4, 3, True, False) for r in (8, 24) for bm in (6
 FLAT_BSL_CANDIDATES = [(r, bm, 4, 3, True, False) for r in (8, 24, 48) for bm in (64, 128)]
 
 # (rows per program, tokens per program, warps, stages, activations through L1) for the sweep
-CANDIDATES = [(r, bm, 4, 2, l1) for r in (1, 4, 8, 24) for bm in (64, 128) for l1 in (True, False)
-              if not (r == 1 and l1)]
+CANDIDATES = [(r, bm, 4, 2, l1) for r in (4, 24) for bm in (64, 128) for l1 in (True, False)]

@@ -23,7 +23,7 @@ def test_rows_per_program_forward(shape):
     mask[0] = 0  # a block row with nothing kept: output = bias
     want = x.double() @ (w.double() * torch.kron(mask.double(), torch.ones(32, 32, dtype=torch.float64))).T \
         + b.double()
-    for cfg in [c for c in ex.CANDIDATES if c[0] in (1, 4)] + [(24, 64, 4, 2, True)]:
+    for cfg in [c for c in ex.CANDIDATES if c[0] == 4] + [(1, 64, 4, 2, False), (24, 64, 4, 2, True)]:
         y = ex.rows_per_program_forward(x.to(TRITON_DEVICE), w.to(TRITON_DEVICE), mask.to(TRITON_DEVICE),
                                         b.to(TRITON_DEVICE), (32, 32), *cfg)
         err = (y.cpu().double() - want).abs().max().item()
