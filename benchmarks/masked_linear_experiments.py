@@ -366,7 +366,7 @@ def device_flat_lists(mask: torch.Tensor, block_shape, rows: int, side: int = 32
     full_ct = max(16, triton.next_power_of_2(max(n_t, 1)))
     full_rb = max(16, triton.next_power_of_2(max(n_j, 1)))
     ct = ct or min(full_ct, 1024)
-    rb = rb or max(16, min(full_rb, ONE_PASS_MAX // ct))
+    rb = rb or max(1, min(full_rb, ONE_PASS_MAX // ct))
     one_pass = ct >= n_t
     flat_list_kernel[(1,)](mask, gptr, ft, fr, fs, fl, n_j, n_t, mask.shape[1], bo, bi, side, rows, RB=rb, CT=ct,
                            ONE_PASS=one_pass, num_warps=4)

@@ -31,7 +31,7 @@ def test_rows_per_program_forward(shape):
 
 
 @pytest.mark.parametrize("shape", [(96, 128), (64, 2112)], ids=str)
-def test_flat_rows_forward(shape):
+def test_flat_rows_forward(shape, monkeypatch):
     """The flat-list candidate, as the masked linear (mask values scale the tiles) and as BlockSparseLinear (tiles
     from BSR values in list order): groups that do not divide the block rows, a block row with nothing kept."""
     import masked_linear_experiments as ex
@@ -55,6 +55,11 @@ def test_flat_rows_forward(shape):
         for cfg in [(64, 4, 2, True, False), (32, 4, 3, False, True)]:  # each program lists its own group
             y = ex.flat_self_forward(x.to(dev), w.to(dev), mask.to(dev), b.to(dev), (32, 32), rows, *cfg)
             assert (y.cpu().double() - want).abs().max().item() <= 1e-5 * want.abs().max().item(), (rows, cfg)
+        if shape == (96, 128):  # listing the group in chunks of one row each (the offset carried across them)
+            with monkeypatch.context() as m:
+                m.setattr(ex, "SELF_LIST_CHUNK", 16)
+                y = ex.flat_self_forward(x.to(dev), w.to(dev), mask.to(dev), b.to(dev), (32, 32), rows)
+            assert (y.cpu().double() - want).abs().max().item() <= 1e-5 * want.abs().max().item(), rows
         blists = [t.to(dev) for t in ex.flat_lists(binary, (32, 32), rows)]
         y = ex.flat_rows_forward(x.to(dev), w.to(dev), blists, b.to(dev), rows,
                                  values=ex.list_values(values.to(dev), blists))
@@ -62,7 +67,8 @@ def test_flat_rows_forward(shape):
 
 
 @pytest.mark.parametrize("shape,block,side", [((96, 128), (32, 32), 32), ((64, 2112), (32, 32), 32),
-                                              ((128, 192), (64, 32), 16), ((32, 64), (32, 32), 32)], ids=str)
+                                              ((128, 192), (64, 32), 16), ((32, 64), (32, 32), 32),
+                                              ((1280, 64), (32, 32), 32)], ids=str)  # 40 rows: chunks carry
 @pytest.mark.parametrize("chunks", [None, (16, 16)], ids=["one-pass", "chunked"])
 def test_device_flat_lists(shape, block, side, chunks):
     """The device-built flat list is the host-built one, entry for entry: groups that do not divide the tile rows,

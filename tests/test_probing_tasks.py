@@ -149,6 +149,10 @@ def test_coordination_inversion_puts_the_second_clause_first():
     parts = pt.Coordination(tagged("Sunday/nr brunches/nns continue/vb"), None, ("but", "cc"),
                             tagged("the/at buffets/nns stopped/vbd"), tagged("./."))
     assert words(pt.invert_coordination(parts)) == "The buffets stopped but Sunday brunches continue ."
+    for day, tag in (("Sundays", "nrs"), ("Monday's", "nr$")):
+        parts = pt.Coordination(tagged(f"{day}/{tag} brunches/nns continue/vb"), None, ("but", "cc"),
+                                tagged("the/at buffets/nns stopped/vbd"), tagged("./."))
+        assert words(pt.invert_coordination(parts)) == f"The buffets stopped but {day} brunches continue ."
     parts = pt.Coordination(tagged("Today/nr brunches/nns continue/vb"), None, ("but", "cc"),
                             tagged("the/at buffets/nns stopped/vbd"), tagged("./."))
     assert words(pt.invert_coordination(parts)) == "The buffets stopped but today brunches continue ."

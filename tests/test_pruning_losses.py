@@ -114,7 +114,8 @@ def test_distillation_of_multi_label_outputs_is_the_per_label_kl():
 
 
 def test_distillation_loss_where_the_teacher_rules_a_class_out_is_finite():
-    """A teacher logit of -inf (probability 0) adds nothing: the KL was NaN (0 * -inf), also for equal logits."""
+    """A teacher logit of -inf (probability 0) adds nothing: the KL was NaN (0 * -inf), also for equal logits. A
+    NaN logit (a teacher overflowing) still makes the loss NaN, where it shows."""
     t = torch.tensor([[float("-inf"), 1.0, 2.0], [0.5, float("-inf"), 0.0]])
     s = torch.tensor([[0.0, 1.0, 2.0], [0.3, 0.1, 0.2]], requires_grad=True)
     T = 2.0
@@ -126,6 +127,7 @@ def test_distillation_loss_where_the_teacher_rules_a_class_out_is_finite():
     loss.backward()
     assert torch.isfinite(s.grad).all()
     assert distillation_loss(t.clone(), t, T).item() == 0.0
+    assert distillation_loss(torch.zeros(2, 3), torch.tensor([[float("nan"), 1.0, 2.0], [0.0, 1.0, 2.0]])).isnan()
     ml = torch.tensor([[float("inf"), -1.0]])
     assert torch.isfinite(distillation_loss(torch.zeros(1, 2), ml, T, problem_type="multi_label_classification"))
 

@@ -166,6 +166,34 @@ def test_distillation_of_a_regression_student_uses_the_squared_error(tmp_path):
     torch.testing.assert_close(loss.detach(), expected)
 
 
+def test_distillation_of_a_multi_label_student_is_the_per_label_kl(tmp_path):
+    """A multi-label classifier (float multi-hot labels: transformers records problem_type at the first forward)
+    is distilled label by label, not by a softmax over its labels."""
+    def tagger(seed):
+        torch.manual_seed(seed)
+        return BermoForSequenceClassification(BermoConfig(mix_backend="reference", **dict(TINY, num_labels=3)))
+
+    teacher, model = tagger(1), tagger(0)
+    gen = torch.Generator().manual_seed(3)
+    rows = [dict(r, labels=(torch.rand(3, generator=gen) > 0.5).float()) for r in dataset(8)]
+    pruning = PruningConfig(method="topK", block_shape=(8, 8), final_level=0.5, total_steps=2, teacher=teacher,
+                            alpha=0.6, temperature=2.0, prepare_options=REF)
+    trainer = PruningTrainer(model=model, args=training_args(tmp_path, max_steps=2), train_dataset=rows,
+                             pruning=pruning)
+    trainer.train()
+    assert model.config.problem_type == "multi_label_classification"
+    batch = {k: torch.stack([r[k] for r in rows[:4]]) for k in ("input_ids", "attention_mask", "labels")}
+    model.train()
+    loss = trainer.compute_loss(model, batch)
+    with torch.no_grad():
+        out = model(**batch)
+        teach = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        p, q = torch.sigmoid(teach / 2), torch.sigmoid(out.logits / 2)
+        per_label = (p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()).sum(-1).mean() * 4
+        expected = 0.6 * per_label + 0.4 * out.loss
+    torch.testing.assert_close(loss.detach(), expected)
+
+
 def test_extra_terms_follow_the_trainers_gradient_accumulation_convention(tmp_path):
     trainer = PruningTrainer(model=bert(), args=training_args(tmp_path, gradient_accumulation_steps=4),
                              pruning=PruningConfig(final_level=0.5, block_shape=(8, 8), prepare_options=REF))

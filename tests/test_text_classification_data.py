@@ -324,17 +324,20 @@ def test_tab_inside_a_tsv_text(write, cache):
     ("spaces.tsv", "sentence\tlabel\n   \ngreat\tfun film\t1\ndull\tslow film\t0\n", 3),
     ("blank.csv", "sentence,label\n\ngreat,fun film,1\ndull,slow film,0\n", 3),
     ("leading.csv", "\nsentence,label\n\n\ngreat,fun film,1\ndull,slow film,0\n", 5),
-], ids=["tsv", "tsv-spaces", "csv", "csv-leading"])
+    ("tabs.tsv", "sentence\tlabel\n\t\t\ngreat\t1\n", 2),  # a line of tabs is a row of empty fields to pandas
+    ("quoted.csv", 'sentence,label\n"a text\nover\nlines",fun film,1\ndull,slow film,0\n', 2),  # where it starts
+], ids=["tsv", "tsv-spaces", "csv", "csv-leading", "tsv-tabs", "csv-multiline"])
 def test_a_wide_first_row_past_blank_lines_is_refused(write, cache, name, text, line):
     """pandas skips blank lines: a wide first data row after one shifted every row's columns silently (each text
     lost its first field) past the header check, which read the blank line as the first row."""
     with pytest.raises(ValueError, match=rf"line {line} has 3 fields but the header has 2"):
         load_text_classification(train_file=write(name, text), cache_dir=cache)
-    ok = load_text_classification(train_file=write("ok" + name, text.replace("great,fun film", "great fun film")
-                                                   .replace("great\tfun film", "great fun film")
-                                                   .replace("dull,slow film", "dull").replace("dull\tslow film", "dull")),
-                                  cache_dir=cache)
-    assert rows(ok, "train")["sentence"] == ["great fun film", "dull"]
+    if "fun film" in text and "lines" not in text:
+        ok = load_text_classification(train_file=write("ok" + name, text.replace("great,fun film", "great fun film")
+                                                       .replace("great\tfun film", "great fun film")
+                                                       .replace("dull,slow film", "dull")
+                                                       .replace("dull\tslow film", "dull")), cache_dir=cache)
+        assert rows(ok, "train")["sentence"] == ["great fun film", "dull"]
 
 
 def test_one_integer_written_two_ways_is_refused(write, cache):

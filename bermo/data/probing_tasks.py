@@ -400,15 +400,16 @@ def coordination_split(tagged: Sequence[tuple[str, str]]) -> Optional[Coordinati
     return Coordination(tuple(first), comma, tagged[c], tuple(second), tuple(tagged[end:]))
 
 
-# Capitalised wherever they stand, tagged nr (adverbial noun) in Brown, unlike the names tagged np
-WEEKDAYS = frozenset({"Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"})
+# Capitalised wherever they stand, tagged nr / nrs / nr$ (adverbial noun) in Brown, unlike the names tagged np:
+# "Sunday", "Sundays", "Sunday's"
+WEEKDAY = re.compile(r"(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day(?:s|'s)?")
 
 
 def _keeps_capital(word: str, tag: str) -> bool:
     """Whether a clause's first word keeps its capital inside a sentence: "I" and its contractions ("I'm" ppss+bem),
     proper nouns, title words, days of the week (a lower-cased one would mark the inverted sentences)."""
     return (word == "I" or word.startswith("I'") or base_tag(tag).startswith("np") or "-tl" in tag
-            or word in WEEKDAYS)
+            or WEEKDAY.fullmatch(word) is not None)
 
 
 def _recase_first_word(clause: list[tuple[str, str]], upper: bool) -> None:

@@ -421,7 +421,7 @@ def _check_header(split: str, path: str, fmt: str) -> List[str]:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             if fmt == "tsv":
                 for number, line in enumerate(handle, 1):
-                    if not line.strip():
+                    if "\t" not in line and not line.strip():  # (a line of tabs is a row of empty fields)
                         continue
                     rows.append(line.rstrip("\r\n").split("\t"))
                     line_numbers.append(number)
@@ -429,13 +429,14 @@ def _check_header(split: str, path: str, fmt: str) -> List[str]:
                         break
             else:
                 reader = csv.reader(handle)
+                start = 1
                 for row in reader:
-                    if not row or (len(row) == 1 and not row[0].strip()):
-                        continue
-                    rows.append(row)
-                    line_numbers.append(reader.line_num)
-                    if len(rows) == 2:
-                        break
+                    if row and not (len(row) == 1 and not row[0].strip()):
+                        rows.append(row)
+                        line_numbers.append(start)  # where the record starts (a quoted text may span lines)
+                        if len(rows) == 2:
+                            break
+                    start = reader.line_num + 1
     except UnicodeDecodeError as exc:
         raise ValueError(f"{split} file {path} is not UTF-8 text: {exc}") from exc
     if not rows or rows[0] == [""]:

@@ -9,6 +9,7 @@ which would pull the scalars to uniform weights and gamma to 0.
 from __future__ import annotations
 
 import numbers
+import re
 from typing import Dict, Iterable, List, Optional
 
 import torch
@@ -19,17 +20,20 @@ from ..nn.scalar_mix import ScalarMix
 # (MiniLM-L6 on rotten_tomatoes, encoder lr 5e-5; table in benchmarks/results/mix_lr_sweep.md).
 DEFAULT_MIX_LR = 1e-2
 
-# transformers' Trainer (get_decay_parameter_names): no weight decay inside nn.LayerNorm modules nor for parameters
-# whose lower-cased name matches one of these
-_NO_DECAY_PATTERNS = (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)")
+# transformers' Trainer (get_decay_parameter_names, transformers 5): no weight decay inside nn.LayerNorm modules nor
+# for parameters whose lower-cased name matches one of these (searched as regular expressions)
+_NO_DECAY_PATTERNS = tuple(re.compile(p) for p in (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)",
+                                                    r"_norm(?:$|\.)"))
 
 
 def _decay_names(model: torch.nn.Module) -> set:
-    """The names of ``model``'s parameters that the HF Trainer weight-decays: its rule, through its own helper
-    (``trainer_pt_utils.get_parameter_names``, light to import; the Trainer class is not)."""
-    from transformers.trainer_pt_utils import get_parameter_names
-
-    return set(get_parameter_names(model, [torch.nn.LayerNorm], list(_NO_DECAY_PATTERNS)))
+    """The names of ``model``'s parameters that the HF Trainer of transformers 5 weight-decays, written out here:
+    ``trainer_pt_utils.get_parameter_names`` takes these patterns only from 4.49 and as regular expressions only
+    later, and the project supports older releases."""
+    in_layer_norm = {f"{name}.{n}" if name else n for name, module in model.named_modules()
+                     if isinstance(module, torch.nn.LayerNorm) for n, _ in module.named_parameters()}
+    return {name for name, _ in model.named_parameters(remove_duplicate=False)
+            if name not in in_layer_norm and not any(p.search(name.lower()) for p in _NO_DECAY_PATTERNS)}
 
 
 def mix_parameter_groups(model: torch.nn.Module, lr: float, mix_lr: float, weight_decay: float = 0.0,
@@ -41,9 +45,9 @@ def mix_parameter_groups(model: torch.nn.Module, lr: float, mix_lr: float, weigh
     Works for the BERMo models and for any module holding ``bermo.nn.ScalarMix`` modules. Groups:
 
     * ``"encoder"`` / ``"encoder_no_decay"``: the pretrained body (``model.base_model``, e.g. ``model.bert``)
-      except the mix, with ``weight_decay`` except for biases and normalisation weights: the HF Trainer's rule
-      (``decay_parameter_names``: the names to decay, e.g. a Trainer's ``get_decay_parameter_names(model)``;
-      default: that rule as transformers 5 writes it);
+      except the mix, with ``weight_decay`` on the parameters the HF Trainer decays (``decay_parameter_names``,
+      e.g. a Trainer's ``get_decay_parameter_names(model)``; default: its rule in transformers 5, which spares
+      biases, ``nn.LayerNorm`` modules and names with ``layernorm``, ``rmsnorm``, ``norm`` or ``*_norm``);
     * ``"mix"``: every ScalarMix's scalars and gamma, at ``mix_lr`` and never weight-decayed;
     * ``"head"`` / ``"head_no_decay"``: everything else (e.g. the classifier), at ``head_lr``.
 

@@ -75,9 +75,10 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 
 def _kl_terms(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """``p * (log p - log q)`` element by element, 0 where ``p`` is 0 (``0 * -inf`` would be NaN)."""
+    """``p * (log p - log q)`` element by element, 0 where ``p`` is 0 (``0 * -inf`` would be NaN); a NaN stays NaN
+    (a teacher overflowing must show in the loss, not only in the gradients)."""
     p = log_p.exp()
-    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
+    return torch.where(torch.isneginf(log_p), torch.zeros_like(p), p * (log_p - log_q))
 
 
 def mix_losses(task_loss: torch.Tensor, distill_loss: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -29,8 +29,9 @@ processes) its task loss is that many times larger than intended, in plain Train
 says ``accepts_loss_kwargs = False``, and the Trainer scales it right); with one step per batch on one process,
 the usual case, all terms are as written.
 
-Distillation follows the student's ``config.problem_type`` (``distillation_loss``): softened KL for single- and
-multi-label classifiers, the mean squared error to the teacher's predictions for regression.
+Distillation follows the student's ``config.problem_type`` (else the teacher's; else regression for one output,
+single-label otherwise: ``distillation_loss``): softened KL for single- and multi-label classifiers, the mean
+squared error to the teacher's predictions for regression.
 
 A callback plus a ``compute_loss`` override would do the same; a Trainer subclass keeps it to one object and lets
 the scores' learning rate reach the optimizer. It is written as a mixin (``PruningMixin``) so it composes with
@@ -336,8 +337,10 @@ class PruningMixin:
         if teacher is not None:
             with torch.no_grad():
                 teacher_outputs = teacher(**teacher_inputs)
-            # the task's kind, as transformers' classifiers record it at their first forward with labels
-            problem_type = getattr(getattr(self.model, "config", None), "problem_type", None)
+            # the task's kind, as transformers' classifiers record it at their first forward with labels (the
+            # student's; the teacher's when the student's loss ran without them, e.g. label smoothing)
+            problem_type = getattr(getattr(self.model, "config", None), "problem_type", None) \
+                or getattr(getattr(teacher, "config", None), "problem_type", None)
             distill = distillation_loss(_logits(outputs, "student"), _logits(teacher_outputs, "teacher"),
                                         self.pruning.temperature, problem_type=problem_type)
             loss = mix_losses(loss, distill * scale, self.pruning.alpha)
