@@ -51,16 +51,19 @@ def load_data(args: argparse.Namespace, model_labels: Optional[List[str]] = None
             message += f" (the labels of --model {model}, a trained classifier)"
         raise CommandError(message) from err
     if model_labels is not None:
-        want, have = [str(n).strip() for n in model_labels], [str(n).strip() for n in data.label_names]
-        # a GLUE task's names against the model's: ids as names ("0", "1": a model trained on an integer-labelled
-        # file) and case (a hub model's "NEGATIVE") say the same
-        same = want == have or (args.task is not None and (want == [str(i) for i in range(len(have))] or
-                                                            [w.lower() for w in want] == [h.lower() for h in have]))
-        if not same:
+        if not same_labels(model_labels, data.label_names, args.task):
             raise CommandError(f"--model {model} was trained with labels {model_labels}; the data's are "
                                f"{data.label_names}: start from its encoder (a BERT checkpoint) for a new head, or "
                                "from a classifier trained with these labels")
     return data
+
+
+def same_labels(model_labels: List[str], data_labels: List[str], task: Optional[str]) -> bool:
+    """Whether a classifier's label names (in id order) are the data's. For a GLUE task, ids as names ("0", "1":
+    a model trained on an integer-labelled file) and case (a hub model's "NEGATIVE") say the same."""
+    want, have = [str(n).strip() for n in model_labels], [str(n).strip() for n in data_labels]
+    return want == have or (task is not None and (want == [str(i) for i in range(len(have))] or
+                                                  [w.lower() for w in want] == [h.lower() for h in have]))
 
 
 def classifier_labels(config) -> Optional[List[str]]:

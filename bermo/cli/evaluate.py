@@ -89,10 +89,14 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     loader = DataLoader(split, batch_size=args.batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
     preds, labels, tokens = [], [], 0
     seconds = 0.0
+    warm_up = True
     with torch.inference_mode():
         for batch in tqdm(loader, desc="bermo eval", disable=None):
             batch = {k: v.to(device) for k, v in batch.items()}
             y = batch.pop("labels")
+            if warm_up:  # one untimed call first: it builds or loads the kernels (a first C++ build took minutes)
+                model(**batch)
+                warm_up = False
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()

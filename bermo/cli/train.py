@@ -30,7 +30,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from .common import (CommandError, add_data_arguments, checkpoint_config, classifier_labels, is_classifier,
-                     load_data, metrics_function, write_json)
+                     load_data, metrics_function, same_labels, write_json)
 
 METHODS = ("topK", "magnitude", "threshold", "sigmoied_threshold", "l0")
 DENSITY_METHODS = ("topK", "magnitude")
@@ -325,7 +325,9 @@ def load_model(args: argparse.Namespace, config, num_labels: int, label_names):
     return BermoForSequenceClassification.from_pretrained(args.model, **labels, **extra)
 
 
-def load_teacher(path: str, num_labels: int):
+def load_teacher(path: str, num_labels: int, label_names=None, task: Optional[str] = None):
+    """The distillation teacher: a sequence classifier with the data's labels, in the same order (a teacher whose
+    ids mean other classes would be distilled from with its classes swapped)."""
     from transformers import AutoModelForSequenceClassification
 
     config = checkpoint_config(path, "--teacher")
@@ -335,6 +337,10 @@ def load_teacher(path: str, num_labels: int):
                            "the model/ folder of a `bermo train` run")
     if config.num_labels != num_labels:
         raise CommandError(f"--teacher {path} has {config.num_labels} labels but the data has {num_labels}")
+    names = classifier_labels(config)
+    if names is not None and label_names is not None and not same_labels(names, label_names, task):
+        raise CommandError(f"--teacher {path} was trained with labels {names} (in id order); the data's are "
+                           f"{list(label_names)}: its ids would mean other classes than the student's")
     return AutoModelForSequenceClassification.from_pretrained(path)
 
 
@@ -368,6 +374,11 @@ def last_checkpoint(output_dir: str, resume: str) -> str:
     if resume != "last":
         if not os.path.isdir(resume):
             raise CommandError(f"--resume {resume}: no such checkpoint folder")
+        run_dir = os.path.dirname(os.path.realpath(resume))
+        if run_dir != os.path.realpath(output_dir):
+            # continued elsewhere, a run would skip its options check and lose the first part of its curve
+            raise CommandError(f"--resume {resume}: that checkpoint belongs to the run in {run_dir}; continue it "
+                               f"there (--output-dir {run_dir}), or start a new run")
         return resume
     found = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
     if found is None:
@@ -379,9 +390,14 @@ def last_checkpoint(output_dir: str, resume: str) -> str:
 RUN_OUTPUTS = ("model", "compressed", "summary.json", "curve.csv", "curve.json", "curve.png", "sparsity.md",
                "mixing_weights.png", "run_options.json")
 # The options that make a run what it is: --resume refuses to continue a run with other values
+# (the data, the model, the optimization and its schedules, the pruning: a checkpoint restores the optimizer and
+# its learning-rate schedule as they were, so a new --lr, say, would be recorded in the summary but never used)
 RUN_DEFINING = ("arch", "model", "task", "train_file", "validation_file", "text_columns", "label_column",
-                "max_train_samples", "subset_seed", "seed", "max_length", "prune", "block", "mix_layer_norm",
-                "freeze_embeddings", "teacher")
+                "max_train_samples", "max_eval_samples", "subset_seed", "seed", "max_length", "prune", "block",
+                "mix_layer_norm", "freeze_embeddings", "teacher", "epochs", "max_steps", "batch_size",
+                "gradient_accumulation_steps", "lr", "mix_lr", "head_lr", "weight_decay", "warmup_ratio",
+                "precision", "collapse_share", "final_density", "final_threshold", "initial_warmup_steps",
+                "final_warmup_steps", "penalty", "scores_lr", "scores_init", "alpha", "temperature")
 
 
 def previous_run(output_dir: str):
@@ -497,7 +513,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     model = load_model(args, config, data.num_labels, data.label_names)
     if args.freeze_embeddings:
         model.bert.embeddings.requires_grad_(False)
-    teacher = load_teacher(args.teacher, data.num_labels) if args.teacher else None
+    teacher = load_teacher(args.teacher, data.num_labels, data.label_names, args.task) if args.teacher else None
     pruning = kind = None
     if args.prune:
         pruning, kind = pruning_config(args, steps, model, teacher)
@@ -545,6 +561,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     if not resume:  # every input read and checked: only now is a replaced run deleted
         clear_previous_run(doomed)
         write_run_options(args)
+    elif not os.path.isfile(os.path.join(args.output_dir, "run_options.json")):
+        write_run_options(args)  # (a run folder from before they were saved: later resumes are checked)
     result = trainer.train(resume_from_checkpoint=resume, ignore_keys_for_eval=ignore)
     final = {}
     if curve.evals and curve.evals[-1]["step"] == trainer.state.global_step:

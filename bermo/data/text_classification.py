@@ -15,6 +15,7 @@ import csv
 import hashlib
 import os
 import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -543,6 +544,10 @@ def _label_mapping(labels: Dict[str, List[str]], files: Dict[str, str], fmt: str
         every = {value for values in labels.values() for value in values}
         if not every & set(names) and all(_INT_LABEL.fullmatch(v) and 0 <= int(v) < len(names) for v in every):
             to_id = {value: int(value) for value in every}  # ids given as integers; label_names names them
+            warnings.warn("the labels of " + ", ".join(f"{split} file {files[split]}" for split in labels)
+                          + " are integers, none of them a label name: taken as ids, "
+                          + ", ".join(f"{i} = {name!r}" for i, name in enumerate(names))
+                          + " (name the classes in the file if these ids mean others)", UserWarning, stacklevel=3)
         else:
             to_id = {name: i for i, name in enumerate(names)}
         reference = f"label_names {names}"
