@@ -273,6 +273,81 @@ def test_fully_pruned_query_only(dtype):
         assert model.bert.encoder.layer[1].attention.self.query.nnz == 0
 
 
+def _arch_case(name):
+    import transformers as T
+
+    tiny = dict(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    if name == "mpnet":
+        return T.MPNetModel(T.MPNetConfig(**tiny))
+    if name == "deberta-v2":
+        return T.DebertaV2Model(T.DebertaV2Config(**tiny))
+    if name == "nystromformer":
+        return T.NystromformerModel(T.NystromformerConfig(**tiny))
+    return T.LayoutLMModel(T.LayoutLMConfig(**tiny))
+
+
+@pytest.mark.parametrize("arch", ["mpnet", "deberta-v2", "nystromformer", "layoutlm"])
+def test_attention_layouts_other_than_berts(arch):
+    """Models with BERT's layer names but attention of their own (MPNet, DeBERTa: other names; Nystromformer: a
+    per-head convolution) crashed in compress (AttributeError) or after it (heads removed from the linears but
+    not from the convolution); LayoutLM's config has no is_decoder (a layer losing every head crashed). Their heads
+    now stay (said once), BERT copies like LayoutLM still lose theirs, and the outputs are the masked model's."""
+    import warnings
+
+    from bermo.pruning import prepare
+
+    torch.manual_seed(0)
+    model = _arch_case(arch).eval()
+    names = prepare(model, method="threshold", block_shape=(16, 16), backend="reference")
+    assert len(names) >= 12
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, MaskedLinear):
+                module.scores.fill_(1.0)
+                if name.endswith("layer.0.attention.self.value") or name.endswith("layer.0.attention.attn.v"):
+                    module.scores[0] = -1.0  # head 0's value rows
+                if name.endswith("layer.1.attention.self.value"):
+                    module.scores[:] = -1.0  # every head of layer 1
+                if name.endswith("layer.1.intermediate.dense"):
+                    module.scores[1] = -1.0  # FFN neurons 16-31
+    ids = torch.randint(3, 60, (2, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(ids).last_hidden_state
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compress(model)
+    kept = [w for w in caught if "is not BERT's self-attention" in str(w.message)]
+    assert len(kept) == (0 if arch in ("layoutlm", "mpnet") else 1)  # (MPNet's linears have other names)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).last_hidden_state, want, rtol=1e-5, atol=1e-5)
+    assert model.encoder.layer[1].intermediate.dense.out_features == 48
+    if arch == "layoutlm":
+        assert model.encoder.layer[1].attention.pruned_heads == {0, 1}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64], ids=str)
+def test_parametric_activation_folded_in_the_models_precision(dtype):
+    """prelu's weight is in the model's dtype: folding pruned FFN rows through it in float32 failed (type
+    promotion) for bfloat16 and float64 models."""
+    from bermo.pruning import prepare
+
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=64, hidden_act="prelu")).to(dtype).eval()
+    prepare(model, method="threshold", block_shape=(16, 16), backend="reference")
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, MaskedLinear):
+                module.scores.fill_(1.0)
+        model.encoder.layer[0].intermediate.dense.scores[0] = -1.0
+    ids = torch.randint(0, 60, (2, 8), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = model(ids).last_hidden_state
+        compress(model)
+        torch.testing.assert_close(model(ids).last_hidden_state, want)
+
+
 def test_unprepared_layers_and_bare_model():
     """A BermoModel (no head) with only some layers masked: the others stay untouched nn.Linear."""
     torch.manual_seed(0)

@@ -128,6 +128,10 @@ def test_no_matching_target_is_a_clear_error_and_changes_nothing():
         prepare(model, targets=["(query"])
     with pytest.raises(TypeError, match="each target must be a regex string"):
         prepare(model, targets=[3])
+    for odd in (b"query", {"query": 1}):  # bytes read as ints, a dict as its keys
+        with pytest.raises(TypeError, match=f"targets must be None, a regex string or a list .* got "
+                                            f"{type(odd).__name__}"):
+            prepare(model, targets=odd)
     with pytest.raises(ValueError, match="targets is empty"):
         prepare(model, targets=[])
     with pytest.raises(TypeError, match="expected a torch.nn.Module"):

@@ -131,7 +131,7 @@ def _no_heads_class():
             self.attention_head_size = int(config.hidden_size / config.num_attention_heads)
             self.all_head_size = 0
             self.scaling = self.attention_head_size ** -0.5
-            self.is_decoder = config.is_decoder
+            self.is_decoder = getattr(config, "is_decoder", False)  # (LayoutLM's, Splinter's configs have none)
             self.is_causal = False
             self.layer_idx = layer_idx
 
@@ -154,6 +154,14 @@ def no_attention_heads(config, layer_idx=None) -> nn.Module:
     if _NO_HEADS is None:
         _NO_HEADS = _no_heads_class()
     return _NO_HEADS(config, layer_idx)
+
+
+def no_attention_heads_class() -> type:
+    """The class ``no_attention_heads`` builds (made once, on first use)."""
+    global _NO_HEADS
+    if _NO_HEADS is None:
+        _NO_HEADS = _no_heads_class()
+    return _NO_HEADS
 
 
 def set_head_count(self_attention: nn.Module, num_heads: int) -> None:

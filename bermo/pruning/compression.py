@@ -4,7 +4,9 @@ the kept blocks are few enough to gain, dense ``W * M`` layers otherwise.
 """
 from __future__ import annotations
 
+import copy
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -69,6 +71,18 @@ def default_crossover(block_shape: Tuple[int, int], dtype: torch.dtype = torch.f
 # 78% (one thread: 83% for 77, so it is MKL's two-thread split of a width that is no multiple of the 16-float
 # AVX-512 vector). Reading 80 instead of 77 inputs costs the FFN-out GEMM nothing measurable (0.529 / 0.524 ms).
 FFN_WIDTH_MULTIPLE = 16
+
+# Self-attention modules whose heads compress removes: BERT's and its copies in transformers (query, key, value
+# rows of a head side by side, nothing else per head). Others with BERT's names carry per-head parts of their own
+# (Nystromformer's convolution, LayoutLMv3's and DeBERTa's relative positions, Lilt's layout branch, ConvBERT's
+# convolution, MPNet's and Longformer's own layouts): their heads stay, their linears still take the exact
+# block-sparse or dense forms.
+BERT_SELF_ATTENTIONS = frozenset({
+    "BertSelfAttention", "RobertaSelfAttention", "XLMRobertaSelfAttention", "XLMRobertaXLSelfAttention",
+    "CamembertSelfAttention", "ElectraSelfAttention", "ErnieSelfAttention", "MegatronBertSelfAttention",
+    "RoCBertSelfAttention", "RemBertSelfAttention", "BigBirdSelfAttention", "RoFormerSelfAttention",
+    "Data2VecTextSelfAttention", "MarkupLMSelfAttention", "XmodSelfAttention", "LayoutLMSelfAttention",
+    "SplinterSelfAttention"})
 
 
 def padded_width(kept: int, total: int) -> int:
@@ -159,6 +173,7 @@ class _Surgery:
         self.masked = masked
         self.pending: Dict[str, _Pending] = {name: _effective(m) for name, m in masked.items()}
         self.dropped: List[str] = []  # pending layers whose module went away (all heads pruned)
+        self.kept_heads: set = set()   # attention classes whose heads stay (said once each)
 
     def get(self, path: str) -> _Pending:
         if path not in self.pending:
@@ -178,16 +193,20 @@ class _Surgery:
         zero_cols = (out.weight == 0).all(dim=0)     # neuron read by nothing
         dead = zero_rows | zero_cols
         fold = zero_rows & ~zero_cols
+        # the activation in float32 (float64 for a float64 model), its parameters too (prelu, xielu)
+        acc = torch.float64 if inter.weight.dtype == torch.float64 else torch.float32
+        act = layer.intermediate.intermediate_act_fn
+        if isinstance(act, nn.Module) and any(True for _ in act.parameters()):
+            act = copy.deepcopy(act).to(acc)
         if fold.any():
             b1 = inter.bias[fold] if inter.bias is not None else torch.zeros(int(fold.sum()), device=fold.device)
-            constant = layer.intermediate.intermediate_act_fn(b1.float())
-            out.add_to_bias(out.weight[:, fold].float() @ constant)
+            constant = act(b1.to(acc))
+            out.add_to_bias(out.weight[:, fold].to(acc) @ constant)
         # Round the width up to a multiple of FFN_WIDTH_MULTIPLE with dead neurons made exact zeros (FFN-in row
         # and bias 0: act(0) = 0; FFN-out column 0), when the activation allows: see FFN_WIDTH_MULTIPLE.
         kept = ~dead
         pad = min((-int(kept.sum())) % FFN_WIDTH_MULTIPLE, int(dead.sum()))
-        act = layer.intermediate.intermediate_act_fn
-        if pad and float(act(torch.zeros(1)).abs().max()) != 0.0:
+        if pad and float(act(torch.zeros(1, dtype=acc, device=fold.device)).abs().max()) != 0.0:
             pad = 0
         is_pad = torch.zeros_like(dead)
         is_pad[dead.nonzero().squeeze(1)[:pad]] = True
@@ -209,10 +228,22 @@ class _Surgery:
     def heads(self, prefix: str, layer: nn.Module, config, layer_idx: int) -> List[int]:
         """Remove the dead heads of a layer's self-attention; returns their original indices."""
         attention = layer.attention
-        sa = attention.self
         paths = [prefix + name for name in ("attention.self.query", "attention.self.key", "attention.self.value",
                                             "attention.output.dense")]
-        if not self.touches(*paths) or sa.num_attention_heads == 0:
+        if not self.touches(*paths):
+            return []
+        sa = getattr(attention, "self", None)
+        if isinstance(sa, ckpt.no_attention_heads_class()):
+            return []
+        if type(sa).__name__ not in BERT_SELF_ATTENTIONS:
+            if type(attention).__name__ not in self.kept_heads:
+                self.kept_heads.add(type(attention).__name__)
+                warnings.warn(f"compress: {type(attention).__name__} is not BERT's self-attention (no "
+                              f"{'attention.self' if sa is None else type(sa).__name__ + ' of known layout'}): its "
+                              "heads are kept, its pruned linears take the block-sparse or dense form", UserWarning,
+                              stacklevel=4)
+            return []
+        if sa.num_attention_heads == 0:
             return []
         q, k, v, o = (self.get(p) for p in paths)
         d = sa.attention_head_size
@@ -318,7 +349,8 @@ def compress(model: nn.Module, crossover: Optional[float] = None, target_dtype: 
              target_device=None) -> nn.Module:
     """Turn every ``MaskedLinear`` of ``model`` (in place) into its fastest exact inference form and return the
     model. In eval mode the compressed model computes what the masked one did (up to float rounding: the
-    constants folded into biases are computed in float32). Masks are taken in eval mode (``l0`` draws none).
+    constants folded into biases are computed in float32, float64 for a float64 model). Masks are taken in eval
+    mode (``l0`` draws none).
 
     In each encoder layer of a BERT-family model (``encoder.layer.<i>`` with ``attention.self``,
     ``attention.output``, ``intermediate`` and ``output``), when any of its linears is a ``MaskedLinear``:
@@ -337,7 +369,10 @@ def compress(model: nn.Module, crossover: Optional[float] = None, target_dtype: 
       output bias. ``attention.pruned_heads`` and, for BERMo, ``config.pruned_heads`` record the removed heads
       as original indices (transformers 4's ``prune_heads`` bookkeeping, which transformers 5 dropped). A layer
       left without heads gets a ``NoAttentionHeads`` self-attention (no features; the output projection then
-      gives its bias).
+      gives its bias). Only BERT's self-attention and its copies in transformers lose heads
+      (``BERT_SELF_ATTENTIONS``); attention modules with per-head parts of their own (DeBERTa, MPNet, Longformer,
+      Nystromformer, LayoutLMv3, Lilt, ConvBERT...) keep them, with a warning, and their linears take the forms
+      below.
 
     Every remaining (possibly smaller) masked layer becomes a ``bermo.nn.BlockSparseLinear`` when its block
     density (kept blocks / blocks) is at or under the crossover, else a dense ``nn.Linear`` holding ``W * M``.

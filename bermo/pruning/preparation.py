@@ -30,6 +30,9 @@ def _compile_targets(targets: Optional[Patterns]) -> List[Tuple[str, "re.Pattern
         targets = DEFAULT_TARGETS
     elif isinstance(targets, str):
         targets = [targets]
+    elif isinstance(targets, (bytes, bytearray, dict)):  # iterable, but not a list of patterns
+        raise TypeError(f"prepare: targets must be None, a regex string or a list of regex strings; got "
+                        f"{type(targets).__name__}")
     else:
         try:
             targets = list(targets)
