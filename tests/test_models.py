@@ -2,6 +2,7 @@
 gradients, Auto registration, checkpoints, losses, HF Trainer, and the offline pretrained MiniLM."""
 import os
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, BertModel
@@ -139,6 +140,67 @@ def test_config_errors():
         tiny_config(mix_initial_scalars=[0.0, 1.0])
     with pytest.raises(ValueError, match="mix_layers is empty"):
         tiny_config(mix_layers=[])
+
+
+@pytest.mark.parametrize("settings,match", [
+    (dict(mix_layer_norm="false"), "mix_layer_norm must be True or False"),  # bool("false") was True
+    (dict(mix_layers=[0.5, 1.7]), "integer layer indices"),                   # int(1.7) was 1
+    (dict(mix_layers="12"), "a list of layer indices"),                       # read as [1, 2]
+    (dict(mix_layers=[True, 2]), "integer layer indices"),
+    (dict(mix_initial_scalars=[float("nan"), 0.0, 0.0, 0.0]), "finite numbers"),  # NaN logits
+], ids=["layer-norm-str", "layers-float", "layers-str", "layers-bool", "scalars-nan"])
+def test_mix_settings_are_checked_on_every_path(tmp_path, settings, match):
+    """When the config is built and when a model is built from a config given them afterwards (from_pretrained's
+    keyword arguments set attributes after __init__: nothing was checked, a mistyped value ran or crashed late)."""
+    with pytest.raises(ValueError, match=match):
+        tiny_config(**settings)
+    BermoModel(tiny_config()).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        BermoModel.from_pretrained(tmp_path, **settings)
+
+
+def test_a_backend_given_to_from_pretrained_is_normalised(tmp_path):
+    """ScalarMix kept the name as given: " Reference " passed its check, then stopped the first forward."""
+    BermoModel(tiny_config()).save_pretrained(tmp_path)
+    model = BermoModel.from_pretrained(tmp_path, mix_backend=" Reference ").eval()
+    assert model.config.mix_backend == "reference" and model.scalar_mix.backend == "reference"
+    model(torch.randint(0, 60, (1, 5)))
+    model.scalar_mix.backend = "CPU"  # set by hand
+    model(torch.randint(0, 60, (1, 5)))
+
+
+def test_trainer_predictions_are_the_logits_alone(tmp_path):
+    """The HF Trainer returned (logits, mixing weights of every batch end to end): the usual compute_metrics
+    (argmax of predictions) failed on it."""
+    from transformers import Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    model = BermoForSequenceClassification(tiny_config())
+    ids = torch.randint(3, 60, (20, 6), generator=torch.Generator().manual_seed(0))
+    rows = [{"input_ids": i, "labels": int(i[0]) % 3} for i in ids]
+    trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=8,
+                                                          report_to=[], use_cpu=True), eval_dataset=rows,
+                      compute_metrics=lambda p: {"acc": float((p.predictions.argmax(-1) == p.label_ids).mean())})
+    predictions = trainer.predict(rows).predictions
+    assert isinstance(predictions, np.ndarray) and predictions.shape == (20, 3)
+    assert "eval_acc" in trainer.evaluate()
+
+
+def test_mixing_weights_are_float32_whatever_the_models_dtype():
+    model = BermoForSequenceClassification(tiny_config()).half()
+    weights = model.mixing_weights()
+    assert weights.dtype == torch.float32 and weights.sum().item() == pytest.approx(1.0)
+
+
+def test_regression_with_a_batch_of_one_says_nothing():
+    """labels (1,) squeezed to () against logits (1,): the right loss, with PyTorch's broadcasting warning."""
+    import warnings
+
+    model = BermoForSequenceClassification(tiny_config(num_labels=1)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = model(torch.randint(0, 60, (1, 5)), labels=torch.tensor([0.5]))
+    torch.testing.assert_close(out.loss, (out.logits.reshape(()) - 0.5) ** 2)
 
 
 @pytest.mark.slow

@@ -1,6 +1,8 @@
 """BERMo configuration: a BERT configuration plus the settings of the scalar mix of its layers."""
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import shutil
 import warnings
@@ -46,19 +48,46 @@ class BermoConfig(BertConfig):
     """
 
     model_type = "bermo"
+    # what the HF Trainer leaves out of predictions (its prediction_step): the logits alone, as BERT's
+    keys_to_ignore_at_inference = ["mixing_weights", "mixing_gamma", "mixed_cls_state", "mixed_hidden_state"]
 
     def __init__(self, mix_layers: Optional[Sequence[int]] = None, mix_layer_norm: bool = False,
                  mix_initial_scalars: Optional[Sequence[float]] = None, mix_backend: Optional[str] = None,
                  **kwargs):
         super().__init__(**kwargs)
-        self.mix_layers = None if mix_layers is None else [int(i) for i in mix_layers]
-        self.mix_layer_norm = bool(mix_layer_norm)
-        self.mix_initial_scalars = None if mix_initial_scalars is None else [float(v) for v in mix_initial_scalars]
-        self.mix_backend = self._checked_backend(mix_backend)
+        self.mix_layers, self.mix_layer_norm = mix_layers, mix_layer_norm
+        self.mix_initial_scalars, self.mix_backend = mix_initial_scalars, mix_backend
         # transformers' custom-model mechanism (what register_for_auto_class would write), pointing at the shim
         # module save_pretrained writes next to config.json; other entries a checkpoint may have are kept.
         self.auto_map = {**(getattr(self, "auto_map", None) or {}), **REMOTE_AUTO_MAP}
-        indices = self.mixed_layer_indices()  # validates mix_layers
+        self.check_mix_settings()
+
+    def check_mix_settings(self) -> None:
+        """Validate and normalise the mix's settings in place. Run when the config is built and again when a model
+        is built from it: ``from_pretrained(path, mix_backend=...)`` and hand edits set them after ``__init__``."""
+        if self.mix_layers is not None:
+            if isinstance(self.mix_layers, (str, bytes)) or not hasattr(self.mix_layers, "__iter__"):
+                raise ValueError(f"mix_layers must be a list of layer indices or None; got {self.mix_layers!r}")
+            layers = []
+            for i in self.mix_layers:
+                if isinstance(i, bool) or not isinstance(i, numbers.Integral):  # int("12"), int(1.7): silent
+                    raise ValueError(f"mix_layers must hold integer layer indices; got {i!r} in {self.mix_layers!r}")
+                layers.append(int(i))
+            self.mix_layers = layers
+        flag = self.mix_layer_norm
+        if not isinstance(flag, (bool, numbers.Integral)) or flag not in (0, 1):  # bool("false") is True
+            raise ValueError(f"mix_layer_norm must be True or False; got {flag!r}")
+        self.mix_layer_norm = bool(flag)
+        if self.mix_initial_scalars is not None:
+            values = list(self.mix_initial_scalars) if hasattr(self.mix_initial_scalars, "__iter__") and not \
+                isinstance(self.mix_initial_scalars, (str, bytes)) else None
+            if values is None or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                                         and math.isfinite(v) for v in values):
+                raise ValueError(f"mix_initial_scalars must be a list of finite numbers or None; got "
+                                 f"{self.mix_initial_scalars!r}")
+            self.mix_initial_scalars = [float(v) for v in values]
+        self.mix_backend = self._checked_backend(self.mix_backend)
+        indices = self.mixed_layer_indices()  # validates mix_layers' range
         if self.mix_initial_scalars is not None and len(self.mix_initial_scalars) != len(indices):
             raise ValueError(f"mix_initial_scalars has {len(self.mix_initial_scalars)} values but {len(indices)} "
                              f"representations are mixed (mix_layers={self.mix_layers})")
@@ -102,8 +131,10 @@ class BermoConfig(BertConfig):
                 _warned_bert_checkpoint = True
                 warnings.warn(f"bermo: building a BERMo model from the BERT checkpoint {pretrained_model_name_or_path!s}"
                               " as intended: the BERT weights load, the scalar mix starts from its configured "
-                              "values (mix_initial_scalars, default uniform; gamma 1) and any task head is new. "
-                              "(Said once per process.)", UserWarning, stacklevel=4)
+                              "values (mix_initial_scalars, default uniform; gamma 1); a task head the checkpoint "
+                              "lacks is new, one it has (a fine-tuned BERT classifier's) loads but was trained on "
+                              "the last layer's [CLS], not on the mix. (Said once per process.)", UserWarning,
+                              stacklevel=4)
         return config_dict, kwargs
 
     def mixed_layer_indices(self) -> List[int]:

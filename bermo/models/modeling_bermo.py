@@ -113,6 +113,7 @@ class BermoModel(BermoPreTrainedModel, BertModel):
     """
 
     def __init__(self, config: BermoConfig, add_pooling_layer: bool = True):
+        config.check_mix_settings()  # set after the config was built too (from_pretrained's keyword arguments)
         super().__init__(config, add_pooling_layer=False)
         self.pooler = BertPooler(config) if add_pooling_layer else None
         self.scalar_mix = ScalarMix(len(config.mixed_layer_indices()), do_layer_norm=config.mix_layer_norm,
@@ -131,7 +132,10 @@ class BermoModel(BermoPreTrainedModel, BertModel):
         on (``"triton"`` from a GPU run), a choice for that hardware: it must not stop the model running on
         another. (Skipped while torch.compile traces: the eager calls before have settled it.)"""
         name = self.scalar_mix.backend
-        if name in (None, "auto") or torch.compiler.is_compiling():
+        if name is None or torch.compiler.is_compiling():
+            return
+        name = backends.requested(name)  # (a name set by hand: " CPU " is "cpu")
+        if name == "auto":
             return
         reason = backends.unavailable_reason(name, device)
         if reason is not None:
@@ -219,7 +223,7 @@ class BermoForSequenceClassification(BermoPreTrainedModel):
                 self.config.problem_type = "multi_label_classification"
         if self.config.problem_type == "regression":
             if self.num_labels == 1:
-                return nn.functional.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
+                return nn.functional.mse_loss(logits.reshape(-1), labels.reshape(-1).to(logits.dtype))
             return nn.functional.mse_loss(logits, labels.to(logits.dtype))
         if self.config.problem_type == "single_label_classification":
             return nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))

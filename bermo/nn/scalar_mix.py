@@ -50,7 +50,7 @@ class ScalarMix(torch.nn.Module):
              for v in initial_scalar_parameters])
         self.gamma = Parameter(torch.tensor([1.0], dtype=torch.float32), requires_grad=trainable)
         if backend is not None:
-            backends.requested(backend)  # fail early on a misspelt name
+            backend = backends.requested(backend)  # fail early on a misspelt name; kept as the normalised name
         self.backend = backend
 
     def forward(self, tensors: TensorsArg, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -65,8 +65,10 @@ class ScalarMix(torch.nn.Module):
                           backend=self.backend)
 
     def mixing_weights(self) -> torch.Tensor:
-        """The current normalised weights ``softmax(s)`` (detached, shape (mixture_size,))."""
-        return torch.softmax(torch.cat([p.detach() for p in self.scalar_parameters]), dim=0)
+        """The current normalised weights ``softmax(s)`` (detached, float32 (float64 for float64 scalars), shape
+        (mixture_size,)), whatever dtype the module was cast to."""
+        scalars = torch.cat([p.detach() for p in self.scalar_parameters])
+        return torch.softmax(scalars.to(torch.promote_types(scalars.dtype, torch.float32)), dim=0)
 
     @staticmethod
     def _count(tensors) -> Optional[int]:
