@@ -471,3 +471,14 @@ def test_strided_bias(backend, device):
     y = bsl.block_sparse_linear(x, crow, col, values, b, backend=backend)
     want = x.double() @ w.double().to(device).T + b.double()
     assert (y.double() - want).abs().max().item() <= 1e-4 * want.abs().max().item()
+
+
+def test_to_dense_checks_the_indices_like_the_forward():
+    """After a load with an out-of-range column, to_dense() built a silently wrong weight (the forward refused)."""
+    mask = torch.tensor([[1, 0], [1, 1], [0, 1]], dtype=torch.bool)
+    layer = BlockSparseLinear.from_dense(torch.randn(48, 32), None, (16, 16), mask=mask)
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    state["col_indices"][0] = 2
+    layer.load_state_dict(state)
+    with pytest.raises(ValueError, match=r"col_indices must lie in \[0, in_features // bi\) = \[0, 2\)"):
+        layer.to_dense()

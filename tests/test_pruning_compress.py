@@ -2,6 +2,7 @@
 FFN neurons or attention heads are gone, their constants folded into biases; block-sparse or dense W * M layers
 otherwise), compressed checkpoints that save only what is kept and load back into the same modules, and the
 errors for a compressed checkpoint meeting an uncompressed model (or the reverse) and for bad inputs."""
+import json
 import os
 
 import pytest
@@ -754,6 +755,71 @@ def test_load_compressed_errors(tmp_path):
     save_file(state, tmp_path / "bermo" / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ckpt.CompressedCheckpointError, match="missing .*layer.1.attention.output.LayerNorm.weight"):
         load_compressed(tmp_path / "bermo")
+
+
+def _block_sparse_checkpoint(tmp_path, cls, name):
+    model = masked_model(seed=97, cls=cls)
+    prune_blocks(linear(model, "bert.encoder.layer.0.intermediate.dense"), rows=[0])
+    compress(model, crossover=1.0)  # every compressed linear block-sparse
+    model.save_pretrained(tmp_path / name)
+    return model, tmp_path / name
+
+
+def _edit_state(path, edit):
+    from safetensors.torch import load_file, save_file
+    state = load_file(path / "model.safetensors")
+    edit(state)
+    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_a_missing_block_sparse_tensor_is_refused_by_from_pretrained(tmp_path):
+    """transformers leaves a missing tensor as uninitialised memory for _init_weights to fill; a block-sparse
+    layer's values came back as whatever memory held (3.5e33, NaN, other at every load) and its indices as
+    garbage: no initialisation can give back a layout's indices, so it is an error."""
+    _, path = _block_sparse_checkpoint(tmp_path, BermoForSequenceClassification, "bermo")
+    p = "bert.encoder.layer.0.intermediate.dense."
+    for key in ("values", "col_indices"):
+        _edit_state(path, lambda state: state.pop(p + key))
+        with pytest.raises(ckpt.CompressedCheckpointError,
+                           match=rf"lacks block-sparse tensors \['encoder.layer.0.intermediate.dense.{key}'\]"):
+            BermoForSequenceClassification.from_pretrained(path)
+        _block_sparse_checkpoint(tmp_path, BermoForSequenceClassification, "bermo")
+
+
+def test_block_sparse_tensors_cut_consistently_are_refused(tmp_path):
+    """A layer whose values, column and row indices lost a block together loaded (resized) into the plain-BERT
+    path and computed something else; the layout records its number of blocks."""
+    model, path = _block_sparse_checkpoint(tmp_path, BertForSequenceClassification, "bert")
+    p = "bert.encoder.layer.0.intermediate.dense."
+
+    def cut(state):
+        state[p + "values"] = state[p + "values"][:-1].clone()
+        state[p + "col_indices"] = state[p + "col_indices"][:-1].clone()
+        crow = state[p + "crow_indices"].clone()
+        crow[-1] -= 1
+        state[p + "crow_indices"] = crow
+
+    _edit_state(path, cut)
+    with pytest.raises(ckpt.CompressedCheckpointError, match="has .* blocks where its config's compressed_layout "
+                                                              "records"):
+        load_compressed(path)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda c: c.update(compressed_layout="yes"), "compressed_layout must be a mapping"),
+    (lambda c: c.update(pruned_heads=[[1, 0]]), "pruned_heads must map layer indices"),
+    (lambda c: c["compressed_layout"]["linears"]["encoder.layer.0.intermediate.dense"].pop("shape"),
+     r"linears\['encoder.layer.0.intermediate.dense'\] must be a mapping with form, shape"),
+    (lambda c: c["compressed_layout"].update(intermediate_sizes="64"), "intermediate_sizes must be a list of ints"),
+], ids=["layout-str", "heads-list", "no-shape", "sizes-str"])
+def test_a_damaged_layout_in_config_json_is_named(tmp_path, edit, match):
+    """(AttributeError / KeyError from deep inside the rebuild before.)"""
+    _, path = _block_sparse_checkpoint(tmp_path, BertForSequenceClassification, "bert")
+    config = json.loads((path / "config.json").read_text())
+    edit(config)
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ckpt.CompressedCheckpointError, match=match):
+        load_compressed(path)
 
 
 # ------------------------------------------------------------------------------------------------ bad inputs

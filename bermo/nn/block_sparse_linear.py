@@ -133,7 +133,9 @@ class BlockSparseLinear(nn.Module):
 
     def to_dense(self) -> torch.Tensor:
         """The dense weight ``W`` (out_features, in_features), zero outside the kept blocks (differentiable in
-        ``values``)."""
+        ``values``). The indices are checked first, as for the forward (after a load, an out-of-range column gave
+        a silently wrong weight here)."""
+        self._check_indices()
         return to_dense(self.crow_indices, self.col_indices, self.values, self.out_features, self.in_features)
 
     # ---------------------------------------------------------------------------------------------- forward

@@ -163,6 +163,11 @@ class MaskedLinear(nn.Linear):
 
     ``.to(dtype)`` casts the scores like any Parameter; build with ``dtype=`` (or ``from_linear``) to keep
     float32 scores beside 16-bit weights.
+
+    The ``state_dict`` holds ``weight``, ``bias`` and ``scores`` only: the method, block shape and level
+    (``density`` / ``threshold``) are not saved. To continue from one, build the same layers (``prepare`` with the
+    same options), load, and set the level again (``bermo.pruning.set_pruning_level``; the pruning Trainer sets it
+    from the step it resumes at); to share a pruned model, ``bermo.pruning.bake_masks`` or ``compress`` it.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, method: str = "topK",

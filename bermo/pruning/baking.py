@@ -1,8 +1,10 @@
 """``bake_masks``: a pruned model as a plain one, for saving and sharing without bermo's pruning classes.
 
 A model prepared for pruning holds ``MaskedLinear`` layers (weights, scores, a method and a level). Its
-``save_pretrained`` checkpoint carries the scores, which a plain ``from_pretrained`` would drop with a warning and
-then run the *unmasked* weights: a silently different model. ``bake_masks`` replaces each ``MaskedLinear`` by an
+``save_pretrained`` checkpoint carries the weights and the scores only (``magnitude`` has none), which a plain
+``from_pretrained`` reads as an unpruned model: it drops the scores (transformers logs them as unexpected; for
+``magnitude`` nothing is said) and runs the *unmasked* weights, a different model. ``bake_masks`` replaces each
+``MaskedLinear`` by an
 ``nn.Linear`` holding ``weight * mask`` (the mask taken in eval mode, so ``l0`` draws no noise), which any
 transformers loader reads back exactly; the zeros stay, so the model is as big and as fast as before
 (``compress`` makes it smaller and faster).

@@ -46,12 +46,37 @@ class CompressedCheckpointError(ValueError):
 def pruned_heads_of(config) -> Dict[int, List[int]]:
     """``config.pruned_heads`` as ``{int layer: sorted heads}`` (JSON gives string keys); ``{}`` when unset."""
     raw = getattr(config, "pruned_heads", None) or {}
-    return {int(layer): sorted(int(h) for h in heads) for layer, heads in raw.items() if heads}
+    try:
+        return {int(layer): sorted(int(h) for h in heads) for layer, heads in raw.items() if heads}
+    except (AttributeError, TypeError, ValueError):
+        raise CompressedCheckpointError(f"config.pruned_heads must map layer indices to lists of head indices, "
+                                        f"e.g. {{\"0\": [1, 3]}}; got {raw!r}") from None
 
 
 def layout_of(config) -> Optional[dict]:
-    """``config.compressed_layout``, or None for an uncompressed model."""
-    return getattr(config, "compressed_layout", None) or None
+    """``config.compressed_layout``, or None for an uncompressed model; its structure checked (a damaged
+    config.json is a ``CompressedCheckpointError`` naming what is wrong, not an AttributeError later)."""
+    layout = getattr(config, "compressed_layout", None) or None
+    if layout is None:
+        return None
+    if not isinstance(layout, dict):
+        raise CompressedCheckpointError(f"config.compressed_layout must be a mapping (format, intermediate_sizes, "
+                                        f"linears); got {type(layout).__name__} {layout!r}")
+    sizes, linears = layout.get("intermediate_sizes"), layout.get("linears")
+    if sizes is not None and not (isinstance(sizes, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                  for v in sizes)):
+        raise CompressedCheckpointError(f"config.compressed_layout.intermediate_sizes must be a list of ints; got "
+                                        f"{sizes!r}")
+    if linears is not None and not isinstance(linears, dict):
+        raise CompressedCheckpointError(f"config.compressed_layout.linears must map module paths to their forms; "
+                                        f"got {type(linears).__name__}")
+    for path, spec in (linears or {}).items():
+        need = ("form", "shape") + (("block_shape", "nnz") if isinstance(spec, dict)
+                                    and spec.get("form") == "block_sparse" else ())
+        if not isinstance(spec, dict) or any(k not in spec for k in need):
+            raise CompressedCheckpointError(f"config.compressed_layout.linears[{path!r}] must be a mapping with "
+                                            f"{', '.join(need)}; got {spec!r}")
+    return layout
 
 
 def layout_id(config) -> Optional[int]:
@@ -314,6 +339,54 @@ def _checkpoint_marker(state_dict: Optional[Mapping], checkpoint_files: Optional
     return None
 
 
+def _checkpoint_keys(state_dict: Optional[Mapping], checkpoint_files: Optional[Sequence[str]]) -> set:
+    if state_dict is not None:
+        return set(state_dict.keys())
+    keys = set()
+    for file in checkpoint_files or ():
+        if str(file).endswith(".safetensors"):
+            from safetensors import safe_open
+            with safe_open(file, framework="pt") as f:
+                keys |= set(f.keys())
+        else:
+            keys |= set(torch.load(file, map_location="cpu", weights_only=True, mmap=True).keys())
+    return keys
+
+
+def _missing_block_sparse(model: nn.Module, keys: set) -> List[str]:
+    """The block-sparse tensors of ``model`` a checkpoint with ``keys`` lacks (matched by their path in the base
+    model, whatever prefix the checkpoint has): transformers would leave them as uninitialised memory, and no
+    initialisation could give back their indices."""
+    cls = _block_sparse_class()
+    base = getattr(model, "base_model", model)
+    if cls is None:
+        return []
+    need = [f"{name}.{t}" for name, m in base.named_modules() if isinstance(m, cls)
+            for t in ("values", "col_indices", "crow_indices")]
+    return [k for k in need if not any(key == k or key.endswith("." + k) for key in keys)]
+
+
+def check_layout_loaded(base_model: nn.Module) -> None:
+    """After loading: every block-sparse layer the layout records holds its recorded number of blocks, with valid
+    indices (a checkpoint whose tensors were cut consistently would otherwise load, resized, and compute something
+    else)."""
+    layout = layout_of(base_model.config)
+    cls = _block_sparse_class()
+    for path, spec in ((layout or {}).get("linears") or {}).items():
+        if spec["form"] != "block_sparse":
+            continue
+        module = base_model.get_submodule(path)
+        if cls is None or not isinstance(module, cls) or module.nnz != int(spec["nnz"]):
+            have = module.nnz if cls is not None and isinstance(module, cls) else type(module).__name__
+            raise CompressedCheckpointError(f"{path}: the checkpoint's block-sparse layer has {have} blocks where "
+                                            f"its config's compressed_layout records {spec['nnz']}")
+        try:
+            module._check_indices()
+        except ValueError as err:
+            raise CompressedCheckpointError(f"{path}: the checkpoint's block-sparse indices are damaged: {err}") \
+                from None
+
+
 def check_checkpoint(model: nn.Module, state_dict: Optional[Mapping] = None,
                      checkpoint_files: Optional[Sequence[str]] = None, partial: bool = False) -> None:
     """Raise ``CompressedCheckpointError`` when a checkpoint (a state dict, or the files ``from_pretrained``
@@ -340,6 +413,13 @@ def check_checkpoint(model: nn.Module, state_dict: Optional[Mapping] = None,
         raise CompressedCheckpointError(
             f"the checkpoint was compressed with another layout (id {have}) than this model's config records "
             f"(id {want}): load it with the config saved beside it.")
+    if want is not None and not partial:
+        missing = _missing_block_sparse(model, _checkpoint_keys(state_dict, checkpoint_files))
+        if missing:
+            raise CompressedCheckpointError(
+                f"the compressed checkpoint lacks block-sparse tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+                ": they cannot be initialised (their indices are the compressed layout); the files are damaged or "
+                "incomplete")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -442,6 +522,8 @@ def load_compressed(path, model_class=None, dtype: Optional[torch.dtype] = None,
                       [m[0] if isinstance(m, (tuple, list)) else m for m in info.get("mismatched_keys", ())])
     else:
         model = _load_plain(cls, config, path, dtype)
+    from .compression import _base_model
+    check_layout_loaded(_base_model(model)[0])
     if device is not None:
         model = model.to(device)
     return model.eval()
