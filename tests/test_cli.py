@@ -303,6 +303,11 @@ def test_resume_refuses_other_optimization_options_and_another_runs_checkpoint(t
                                  str(out / "checkpoint-2")])
     assert f"belongs to the run in {os.path.realpath(out)}" in err
     assert not (tmp_path / "other").exists()
+    # a checkpoint folder that is a link elsewhere still belongs to the run folder holding the link
+    shutil.move(str(out / "checkpoint-2"), str(tmp_path / "elsewhere"))
+    os.symlink(tmp_path / "elsewhere", out / "checkpoint-2")
+    from bermo.cli.train import last_checkpoint
+    assert last_checkpoint(str(out), str(out / "checkpoint-2")) == str(out / "checkpoint-2")
 
 
 def test_a_pruning_runs_checkpoint_is_refused_where_its_masks_would_be_dropped(tiny, tmp_path, capsys):

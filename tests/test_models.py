@@ -159,6 +159,13 @@ def test_mix_settings_are_checked_on_every_path(tmp_path, settings, match):
         BermoModel.from_pretrained(tmp_path, **settings)
 
 
+def test_mix_settings_as_numpy_or_tensor_values_are_taken():
+    config = tiny_config(mix_layer_norm=np.True_, mix_layers=torch.tensor([0, 3]),
+                         mix_initial_scalars=torch.tensor([0.5, -0.5]))
+    assert config.mix_layer_norm is True and config.mix_layers == [0, 3] and config.mix_initial_scalars == [0.5, -0.5]
+    assert tiny_config(mix_layers=[np.int64(1), 2]).mix_layers == [1, 2]
+
+
 def test_a_backend_given_to_from_pretrained_is_normalised(tmp_path):
     """ScalarMix kept the name as given: " Reference " passed its check, then stopped the first forward."""
     BermoModel(tiny_config()).save_pretrained(tmp_path)

@@ -327,6 +327,21 @@ def test_attention_layouts_other_than_berts(arch):
         assert model.encoder.layer[1].attention.pruned_heads == {0, 1}
 
 
+def test_a_subclass_of_berts_self_attention_still_loses_heads():
+    """transformers 4's sdpa attention subclasses BertSelfAttention: matched by name alone, it kept its heads."""
+    from transformers.models.bert.modeling_bert import BertSelfAttention
+
+    class BertSdpaSelfAttention(BertSelfAttention):
+        pass
+
+    model = masked_model(seed=101)
+    for layer in model.bert.encoder.layer:
+        layer.attention.self.__class__ = BertSdpaSelfAttention
+    prune_blocks(linear(model, "bert.encoder.layer.0.attention.self.value"), rows=[0])  # head 0's value rows
+    model = compressed_matches(model)
+    assert model.bert.encoder.layer[0].attention.self.num_attention_heads == 1
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64], ids=str)
 def test_parametric_activation_folded_in_the_models_precision(dtype):
     """prelu's weight is in the model's dtype: folding pruned FFN rows through it in float32 failed (type

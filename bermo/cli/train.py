@@ -374,7 +374,8 @@ def last_checkpoint(output_dir: str, resume: str) -> str:
     if resume != "last":
         if not os.path.isdir(resume):
             raise CommandError(f"--resume {resume}: no such checkpoint folder")
-        run_dir = os.path.dirname(os.path.realpath(resume))
+        # the folder holding the checkpoint (the checkpoint itself may be a link elsewhere)
+        run_dir = os.path.realpath(os.path.dirname(os.path.abspath(resume.rstrip(os.sep) or resume)))
         if run_dir != os.path.realpath(output_dir):
             # continued elsewhere, a run would skip its options check and lose the first part of its curve
             raise CommandError(f"--resume {resume}: that checkpoint belongs to the run in {run_dir}; continue it "

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import os
 import shutil
 import warnings
 from typing import List, Optional, Sequence
 
+import numpy as np
 from transformers import AutoConfig, BertConfig
 
 from ..backends import BACKENDS
@@ -70,22 +72,32 @@ class BermoConfig(BertConfig):
                 raise ValueError(f"mix_layers must be a list of layer indices or None; got {self.mix_layers!r}")
             layers = []
             for i in self.mix_layers:
-                if isinstance(i, bool) or not isinstance(i, numbers.Integral):  # int("12"), int(1.7): silent
-                    raise ValueError(f"mix_layers must hold integer layer indices; got {i!r} in {self.mix_layers!r}")
-                layers.append(int(i))
+                try:  # ints, NumPy ints, 0-d integer tensors; not 1.7 or "12" (int() took them silently)
+                    if isinstance(i, bool):
+                        raise TypeError
+                    layers.append(operator.index(i))
+                except TypeError:
+                    raise ValueError(f"mix_layers must hold integer layer indices; got {i!r} in "
+                                     f"{self.mix_layers!r}") from None
             self.mix_layers = layers
         flag = self.mix_layer_norm
-        if not isinstance(flag, (bool, numbers.Integral)) or flag not in (0, 1):  # bool("false") is True
+        if isinstance(flag, np.bool_) or (isinstance(flag, numbers.Integral) and flag in (0, 1)):
+            flag = bool(flag)  # NumPy's bool, 0 and 1
+        if not isinstance(flag, bool):  # bool("false") is True
             raise ValueError(f"mix_layer_norm must be True or False; got {flag!r}")
-        self.mix_layer_norm = bool(flag)
+        self.mix_layer_norm = flag
         if self.mix_initial_scalars is not None:
-            values = list(self.mix_initial_scalars) if hasattr(self.mix_initial_scalars, "__iter__") and not \
-                isinstance(self.mix_initial_scalars, (str, bytes)) else None
-            if values is None or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
-                                         and math.isfinite(v) for v in values):
-                raise ValueError(f"mix_initial_scalars must be a list of finite numbers or None; got "
-                                 f"{self.mix_initial_scalars!r}")
-            self.mix_initial_scalars = [float(v) for v in values]
+            raw = self.mix_initial_scalars
+            values = None
+            if hasattr(raw, "__iter__") and not isinstance(raw, (str, bytes)):
+                try:
+                    values = [float(v) for v in raw if not isinstance(v, (bool, str, bytes))]
+                    values = values if len(values) == len(list(raw)) else None
+                except (TypeError, ValueError):
+                    values = None
+            if values is None or not all(math.isfinite(v) for v in values):
+                raise ValueError(f"mix_initial_scalars must be a list of finite numbers or None; got {raw!r}")
+            self.mix_initial_scalars = values
         self.mix_backend = self._checked_backend(self.mix_backend)
         indices = self.mixed_layer_indices()  # validates mix_layers' range
         if self.mix_initial_scalars is not None and len(self.mix_initial_scalars) != len(indices):

@@ -58,7 +58,8 @@ class BermoPreTrainedModel(BertPreTrainedModel):
 
     def mixing_weights(self) -> torch.Tensor:
         """The learned normalised weights ``softmax(s)``, one per mixed representation, in the order of
-        ``mixed_layer_names()`` (detached, float32, shape (L,)). They sum to 1; uniform is ``1 / L`` each."""
+        ``mixed_layer_names()`` (detached, float32 (float64 for a float64 model), shape (L,)). They sum to 1;
+        uniform is ``1 / L`` each."""
         return self.get_scalar_mix().mixing_weights()
 
     def mixing_gamma(self) -> float:

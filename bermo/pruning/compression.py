@@ -82,7 +82,13 @@ BERT_SELF_ATTENTIONS = frozenset({
     "CamembertSelfAttention", "ElectraSelfAttention", "ErnieSelfAttention", "MegatronBertSelfAttention",
     "RoCBertSelfAttention", "RemBertSelfAttention", "BigBirdSelfAttention", "RoFormerSelfAttention",
     "Data2VecTextSelfAttention", "MarkupLMSelfAttention", "XmodSelfAttention", "LayoutLMSelfAttention",
-    "SplinterSelfAttention"})
+    "SplinterSelfAttention", "RobertaPreLayerNormSelfAttention"})
+
+
+def _bert_self_attention(module: nn.Module) -> bool:
+    """Whether ``module`` is one of ``BERT_SELF_ATTENTIONS`` or a subclass (transformers 4's ``BertSdpaSelfAttention``
+    is one of ``BertSelfAttention``)."""
+    return any(c.__name__ in BERT_SELF_ATTENTIONS for c in type(module).__mro__)
 
 
 def padded_width(kept: int, total: int) -> int:
@@ -235,7 +241,7 @@ class _Surgery:
         sa = getattr(attention, "self", None)
         if isinstance(sa, ckpt.no_attention_heads_class()):
             return []
-        if type(sa).__name__ not in BERT_SELF_ATTENTIONS:
+        if not _bert_self_attention(sa):
             if type(attention).__name__ not in self.kept_heads:
                 self.kept_heads.add(type(attention).__name__)
                 warnings.warn(f"compress: {type(attention).__name__} is not BERT's self-attention (no "
