@@ -160,6 +160,41 @@ def flat_rows_kernel(a_ptr, w_ptr, bias_ptr, c_ptr, gptr_ptr, ft_ptr, fr_ptr, fs
 
 
 @triton.jit
+def _mask_tile(mask_ptr, rows, r_ok, cols, n_t, mask_cols, side, block_j, block_t):
+    """``(values, keep)`` of the (rows x cols) tiles: tile (j, t) reads ``mask[(j * side) // block_j, (t * side)
+    // block_t]``; ``keep`` int32, 0 outside the rows and the ``n_t`` columns."""
+    ok = r_ok[:, None] & (cols < n_t)[None, :]
+    v = tl.load(mask_ptr + ((rows * side) // block_j).to(tl.int64)[:, None] * mask_cols
+                + ((cols * side) // block_t)[None, :], mask=ok, other=0.0)
+    return v, ((v != 0) & ok).to(tl.int32)
+
+
+@triton.jit
+def _store_kept(ft_ptr, fr_ptr, fs_ptr, fl_ptr, row_off, rows, cols, v, keep, done, cnt):
+    """The kept tiles of (rows x cols) as list entries: row r's at ``row_off[r] + done[r]`` on (``done``: its
+    entries written before these columns; ``cnt``: its kept tiles in all, for the last flag). Returns ``done``
+    plus these columns' kept tiles."""
+    rank = done[:, None] + tl.cumsum(keep, axis=1) - keep
+    pos = row_off[:, None] + rank
+    kept = keep != 0
+    tl.store(ft_ptr + pos, cols[None, :] + rows[:, None] * 0, mask=kept)
+    tl.store(fr_ptr + pos, rows[:, None] + cols[None, :] * 0, mask=kept)
+    tl.store(fs_ptr + pos, v, mask=kept)
+    tl.store(fl_ptr + pos, (rank == cnt[:, None] - 1).to(tl.int32), mask=kept)
+    return done + tl.sum(keep, axis=1)
+
+
+@triton.jit
+def _store_empty(ft_ptr, fr_ptr, fs_ptr, fl_ptr, row_off, rows, r_ok, cnt):
+    """A kept-nothing row's one entry at ``row_off``: tile column 0, value 0, last (it stores the row's bias)."""
+    empty = r_ok & (cnt == 0)
+    tl.store(ft_ptr + row_off, rows * 0, mask=empty)
+    tl.store(fr_ptr + row_off, rows, mask=empty)
+    tl.store(fs_ptr + row_off, rows * 0.0, mask=empty)
+    tl.store(fl_ptr + row_off, rows * 0 + 1, mask=empty)
+
+
+@triton.jit
 def flat_self_kernel(a_ptr, w_ptr, mask_ptr, bias_ptr, c_ptr, iscratch_ptr, fscratch_ptr, M, N, K, n_j, n_t,
                      mask_cols, block_j, block_t, R, n_groups,
                      HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr, CACHE_L1: tl.constexpr,
@@ -187,25 +222,12 @@ def flat_self_kernel(a_ptr, w_ptr, mask_ptr, bias_ptr, c_ptr, iscratch_ptr, fscr
     for r0 in range(0, R, RB):  # RB rows at a time: a few values per thread, not the whole group at once
         rows = pid_g * R + r0 + rl
         r_ok = (r0 + rl < R) & (rows < n_j)
-        ok = r_ok[:, None] & (tc < n_t)[None, :]
-        v = tl.load(mask_ptr + ((rows * BS) // block_j).to(tl.int64)[:, None] * mask_cols
-                    + ((tc * BS) // block_t)[None, :], mask=ok, other=0.0)
-        keep = ((v != 0) & ok).to(tl.int32)
+        v, keep = _mask_tile(mask_ptr, rows, r_ok, tc, n_t, mask_cols, BS, block_j, block_t)
         cnt = tl.sum(keep, axis=1)
         slots = tl.where(r_ok, tl.maximum(cnt, 1), 0)
         row_off = base + n_entries + tl.cumsum(slots, 0) - slots
-        rank = tl.cumsum(keep, axis=1) - keep
-        pos = row_off[:, None] + rank
-        kept = keep != 0
-        tl.store(ft_ptr + pos, tc[None, :] + rows[:, None] * 0, mask=kept)
-        tl.store(fr_ptr + pos, rows[:, None] + tc[None, :] * 0, mask=kept)
-        tl.store(fs_ptr + pos, v, mask=kept)
-        tl.store(fl_ptr + pos, (rank == cnt[:, None] - 1).to(tl.int32), mask=kept)
-        empty = r_ok & (cnt == 0)
-        tl.store(ft_ptr + row_off, rl * 0, mask=empty)
-        tl.store(fr_ptr + row_off, rows, mask=empty)
-        tl.store(fs_ptr + row_off, rl * 0.0, mask=empty)
-        tl.store(fl_ptr + row_off, rl * 0 + 1, mask=empty)
+        _store_kept(ft_ptr, fr_ptr, fs_ptr, fl_ptr, row_off, rows, tc, v, keep, cnt * 0, cnt)
+        _store_empty(ft_ptr, fr_ptr, fs_ptr, fl_ptr, row_off, rows, r_ok, cnt)
         n_entries += tl.sum(slots, 0)
     tl.debug_barrier()  # the program's own stores, visible to all its threads
     _flat_walk(a_ptr, w_ptr, bias_ptr, c_ptr, ft_ptr, fr_ptr, fs_ptr, fl_ptr, base, base + n_entries, rm,
@@ -298,50 +320,25 @@ def flat_list_kernel(mask_ptr, gptr_ptr, ft_ptr, fr_ptr, fs_ptr, fl_ptr, n_j, n_
     for j0 in range(0, n_j, RB):
         rows = j0 + rr
         r_ok = rows < n_j
-        mrow = mask_ptr + ((rows * side) // block_j).to(tl.int64) * mask_cols
         if ONE_PASS:
-            ok = r_ok[:, None] & (tc < n_t)[None, :]
-            v = tl.load(mrow[:, None] + ((tc * side) // block_t)[None, :], mask=ok, other=0.0)
-            keep = ((v != 0) & ok).to(tl.int32)
+            v, keep = _mask_tile(mask_ptr, rows, r_ok, tc, n_t, mask_cols, side, block_j, block_t)
             cnt = tl.sum(keep, axis=1)
         else:
             cnt = tl.zeros([RB], dtype=tl.int32)
             for t0 in range(0, n_t, CT):
-                t = t0 + tc
-                ok = r_ok[:, None] & (t < n_t)[None, :]
-                v = tl.load(mrow[:, None] + ((t * side) // block_t)[None, :], mask=ok, other=0.0)
-                cnt += tl.sum(((v != 0) & ok).to(tl.int32), axis=1)
+                v, keep = _mask_tile(mask_ptr, rows, r_ok, t0 + tc, n_t, mask_cols, side, block_j, block_t)
+                cnt += tl.sum(keep, axis=1)
         slots = tl.where(r_ok, tl.maximum(cnt, 1), 0)
         row_off = carry + tl.cumsum(slots, 0) - slots
         tl.store(gptr_ptr + rows // R, row_off, mask=r_ok & (rows % R == 0))
-        empty = r_ok & (cnt == 0)
-        tl.store(ft_ptr + row_off, rr * 0, mask=empty)
-        tl.store(fr_ptr + row_off, rows, mask=empty)
-        tl.store(fs_ptr + row_off, rr * 0.0, mask=empty)
-        tl.store(fl_ptr + row_off, rr * 0 + 1, mask=empty)
+        _store_empty(ft_ptr, fr_ptr, fs_ptr, fl_ptr, row_off, rows, r_ok, cnt)
         if ONE_PASS:
-            rank = tl.cumsum(keep, axis=1) - keep
-            pos = row_off[:, None] + rank
-            kept = keep != 0
-            tl.store(ft_ptr + pos, tc[None, :] + rows[:, None] * 0, mask=kept)
-            tl.store(fr_ptr + pos, rows[:, None] + tc[None, :] * 0, mask=kept)
-            tl.store(fs_ptr + pos, v, mask=kept)
-            tl.store(fl_ptr + pos, (rank == cnt[:, None] - 1).to(tl.int32), mask=kept)
+            _store_kept(ft_ptr, fr_ptr, fs_ptr, fl_ptr, row_off, rows, tc, v, keep, cnt * 0, cnt)
         else:
-            done = tl.zeros([RB], dtype=tl.int32)
+            done = cnt * 0
             for t0 in range(0, n_t, CT):
-                t = t0 + tc
-                ok = r_ok[:, None] & (t < n_t)[None, :]
-                v = tl.load(mrow[:, None] + ((t * side) // block_t)[None, :], mask=ok, other=0.0)
-                keep = ((v != 0) & ok).to(tl.int32)
-                rank = done[:, None] + tl.cumsum(keep, axis=1) - keep
-                pos = row_off[:, None] + rank
-                kept = keep != 0
-                tl.store(ft_ptr + pos, t[None, :] + rows[:, None] * 0, mask=kept)
-                tl.store(fr_ptr + pos, rows[:, None] + t[None, :] * 0, mask=kept)
-                tl.store(fs_ptr + pos, v, mask=kept)
-                tl.store(fl_ptr + pos, (rank == cnt[:, None] - 1).to(tl.int32), mask=kept)
-                done += tl.sum(keep, axis=1)
+                v, keep = _mask_tile(mask_ptr, rows, r_ok, t0 + tc, n_t, mask_cols, side, block_j, block_t)
+                done = _store_kept(ft_ptr, fr_ptr, fs_ptr, fl_ptr, row_off, rows, t0 + tc, v, keep, done, cnt)
         carry += tl.sum(slots, 0)
     tl.store(gptr_ptr + (n_j + R - 1) // R, carry)
 
