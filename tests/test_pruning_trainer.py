@@ -24,9 +24,9 @@ def bert(seed=0):
     return BertForSequenceClassification(BertConfig(**TINY))
 
 
-def bermo(seed=0):
+def bermo(seed=0, **config):
     torch.manual_seed(seed)
-    return BermoForSequenceClassification(BermoConfig(mix_backend="reference", **TINY))
+    return BermoForSequenceClassification(BermoConfig(mix_backend="reference", **dict(TINY, **config)))
 
 
 def dataset(n=24, seed=5):
@@ -137,31 +137,35 @@ def test_penalty_and_distillation_are_in_the_loss_and_logged_with_bermo_trainer(
         torch.testing.assert_close(trainer.compute_loss(model, batch), model(**batch).loss)
 
 
-def test_distillation_of_a_regression_student_uses_the_squared_error(tmp_path):
-    """A one-output (regression) classifier distilled from a teacher: the distillation term is the squared error
-    to the teacher's predictions (it was a softmax KL over one output, always 0: the teacher had no effect)."""
-    def regressor(seed):
-        torch.manual_seed(seed)
-        return BermoForSequenceClassification(BermoConfig(mix_backend="reference", **dict(TINY, num_labels=1)))
-
-    teacher, model = regressor(1), regressor(0)
-    with torch.no_grad():
-        teacher.classifier.bias.fill_(5.0)  # far from the student's predictions
-    rows = [dict(r, labels=r["labels"].float()) for r in dataset(8)]
-    pruning = PruningConfig(method="topK", block_shape=(8, 8), final_level=0.5, total_steps=2, teacher=teacher,
-                            alpha=0.9, prepare_options=REF)
+def _distilled(tmp_path, model, teacher, rows, **pruning):
+    """Two topK pruning steps with ``teacher``; then, on the first four rows in training mode: ``(trainer, the
+    trainer's loss, the student's outputs, the teacher's logits)``."""
+    config = PruningConfig(method="topK", block_shape=(8, 8), final_level=0.5, total_steps=2, teacher=teacher,
+                           prepare_options=REF, **pruning)
     trainer = PruningTrainer(model=model, args=training_args(tmp_path, max_steps=2), train_dataset=rows,
-                             pruning=pruning)
+                             pruning=config)
     trainer.train()
-    assert model.config.problem_type == "regression"
-    logs = [h for h in trainer.state.log_history if "distill_loss" in h]
-    assert logs and all(h["distill_loss"] > 1.0 for h in logs), logs
     batch = {k: torch.stack([r[k] for r in rows[:4]]) for k in ("input_ids", "attention_mask", "labels")}
     model.train()
     loss = trainer.compute_loss(model, batch)
     with torch.no_grad():
         out = model(**batch)
         teach = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return trainer, loss, out, teach
+
+
+def test_distillation_of_a_regression_student_uses_the_squared_error(tmp_path):
+    """A one-output (regression) classifier distilled from a teacher: the distillation term is the squared error
+    to the teacher's predictions (it was a softmax KL over one output, always 0: the teacher had no effect)."""
+    teacher, model = bermo(1, num_labels=1), bermo(0, num_labels=1)
+    with torch.no_grad():
+        teacher.classifier.bias.fill_(5.0)  # far from the student's predictions
+    rows = [dict(r, labels=r["labels"].float()) for r in dataset(8)]
+    trainer, loss, out, teach = _distilled(tmp_path, model, teacher, rows, alpha=0.9)
+    assert model.config.problem_type == "regression"
+    logs = [h for h in trainer.state.log_history if "distill_loss" in h]
+    assert logs and all(h["distill_loss"] > 1.0 for h in logs), logs
+    with torch.no_grad():
         expected = 0.9 * ((out.logits - teach) ** 2).mean() + 0.1 * out.loss
     torch.testing.assert_close(loss.detach(), expected)
 
@@ -169,25 +173,12 @@ def test_distillation_of_a_regression_student_uses_the_squared_error(tmp_path):
 def test_distillation_of_a_multi_label_student_is_the_per_label_kl(tmp_path):
     """A multi-label classifier (float multi-hot labels: transformers records problem_type at the first forward)
     is distilled label by label, not by a softmax over its labels."""
-    def tagger(seed):
-        torch.manual_seed(seed)
-        return BermoForSequenceClassification(BermoConfig(mix_backend="reference", **dict(TINY, num_labels=3)))
-
-    teacher, model = tagger(1), tagger(0)
+    teacher, model = bermo(1, num_labels=3), bermo(0, num_labels=3)
     gen = torch.Generator().manual_seed(3)
     rows = [dict(r, labels=(torch.rand(3, generator=gen) > 0.5).float()) for r in dataset(8)]
-    pruning = PruningConfig(method="topK", block_shape=(8, 8), final_level=0.5, total_steps=2, teacher=teacher,
-                            alpha=0.6, temperature=2.0, prepare_options=REF)
-    trainer = PruningTrainer(model=model, args=training_args(tmp_path, max_steps=2), train_dataset=rows,
-                             pruning=pruning)
-    trainer.train()
+    _, loss, out, teach = _distilled(tmp_path, model, teacher, rows, alpha=0.6, temperature=2.0)
     assert model.config.problem_type == "multi_label_classification"
-    batch = {k: torch.stack([r[k] for r in rows[:4]]) for k in ("input_ids", "attention_mask", "labels")}
-    model.train()
-    loss = trainer.compute_loss(model, batch)
     with torch.no_grad():
-        out = model(**batch)
-        teach = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         p, q = torch.sigmoid(teach / 2), torch.sigmoid(out.logits / 2)
         per_label = (p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()).sum(-1).mean() * 4
         expected = 0.6 * per_label + 0.4 * out.loss
