@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from .. import backends
-from ..ops.masked_linear import expand_mask, masked_linear
+from ..ops.masked_linear import expand_mask, masked_linear, parse_block_shape
 
 METHODS = ("magnitude", "topK", "threshold", "sigmoied_threshold", "l0")
 LEARNED_METHODS = ("topK", "threshold", "sigmoied_threshold", "l0")  # the methods with ``scores``
@@ -119,16 +118,7 @@ def check_block_shape(block_shape, out_features: int, in_features: int,
                       what: str = "MaskedLinear") -> Tuple[int, int]:
     """``(bo, bi)`` as ints, validated against an (out_features, in_features) weight; errors start with ``what``
     (the modules of bermo.nn that hold a block structure share this check)."""
-    try:
-        bo, bi = block_shape
-        if isinstance(bo, bool) or isinstance(bi, bool):
-            raise TypeError
-        bo, bi = operator.index(bo), operator.index(bi)
-    except (TypeError, ValueError):
-        raise TypeError(f"{what}: block_shape must be a pair of positive ints (bo, bi); "
-                        f"got {block_shape!r}") from None
-    if bo < 1 or bi < 1:
-        raise ValueError(f"{what}: block_shape must be positive; got {(bo, bi)}")
+    bo, bi = parse_block_shape(block_shape, what)
     if out_features % bo or in_features % bi:
         raise ValueError(f"{what}: block_shape {(bo, bi)} does not divide the weight's shape "
                          f"(out_features, in_features) = {(out_features, in_features)}: out_features must be a "

@@ -36,18 +36,24 @@ OP_NAME = "masked_linear"
 # ----------------------------------------------------------------------------------------------------------
 # Validation
 # ----------------------------------------------------------------------------------------------------------
-def check_block_shape(block_shape, weight_shape) -> Tuple[int, int]:
-    """``(bo, bi)`` as ints, validated against the weight's shape ``(out, in)``."""
+def parse_block_shape(block_shape, what: str = OP_NAME) -> Tuple[int, int]:
+    """``(bo, bi)`` as positive ints; errors start with ``what`` (bermo.nn's modules share this parse)."""
     try:  # ints only: int() would turn 1.5, "1" or True into a block side silently
         bo, bi = block_shape
         if isinstance(bo, bool) or isinstance(bi, bool):
             raise TypeError
         bo, bi = operator.index(bo), operator.index(bi)
     except (TypeError, ValueError):
-        raise TypeError(f"{OP_NAME}: block_shape must be a pair of positive ints (bo, bi); got {block_shape!r}") \
+        raise TypeError(f"{what}: block_shape must be a pair of positive ints (bo, bi); got {block_shape!r}") \
             from None
     if bo < 1 or bi < 1:
-        raise ValueError(f"{OP_NAME}: block_shape must be positive; got {(bo, bi)}")
+        raise ValueError(f"{what}: block_shape must be positive; got {(bo, bi)}")
+    return bo, bi
+
+
+def check_block_shape(block_shape, weight_shape) -> Tuple[int, int]:
+    """``(bo, bi)`` as ints, validated against the weight's shape ``(out, in)``."""
+    bo, bi = parse_block_shape(block_shape)
     out_f, in_f = weight_shape
     if out_f % bo or in_f % bi:
         raise ValueError(f"{OP_NAME}: block_shape {(bo, bi)} does not divide the weight's shape {(out_f, in_f)}: "
