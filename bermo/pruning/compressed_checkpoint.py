@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import warnings
 import zlib
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -313,44 +313,36 @@ def rebuild_compressed_layout(base_model: nn.Module) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # Checkpoint against model
 # ----------------------------------------------------------------------------------------------------------
-def _checkpoint_marker(state_dict: Optional[Mapping], checkpoint_files: Optional[Sequence[str]]) -> Optional[int]:
-    """The ``compressed_layout_id`` a checkpoint holds (under any prefix), or None."""
+def _checkpoint_contents(state_dict: Optional[Mapping],
+                         checkpoint_files: Optional[Sequence[str]]) -> Tuple[set, Optional[int]]:
+    """The keys of a checkpoint (a state dict, or the files ``from_pretrained`` resolved) and the
+    ``compressed_layout_id`` it holds under any prefix (None if none), in one pass over its files."""
     def read(tensor_like):
         t = tensor_like[:] if not isinstance(tensor_like, torch.Tensor) else tensor_like  # safetensors slices
         return int(torch.as_tensor(t).reshape(-1)[0])
 
+    def is_marker(key: str) -> bool:
+        return key == MARKER or key.endswith("." + MARKER)
+
     if state_dict is not None:
-        for key, value in state_dict.items():
-            if key == MARKER or key.endswith("." + MARKER):
-                return read(value)
-        return None
+        marker = next((read(v) for k, v in state_dict.items() if is_marker(k)), None)
+        return set(state_dict.keys()), marker
+    keys, marker = set(), None
     for file in checkpoint_files or ():
         if str(file).endswith(".safetensors"):
             from safetensors import safe_open
             with safe_open(file, framework="pt") as f:
-                for key in f.keys():
-                    if key == MARKER or key.endswith("." + MARKER):
-                        return read(f.get_tensor(key))
+                names = list(f.keys())
+                found = next((k for k in names if is_marker(k)), None)
+                if marker is None and found is not None:
+                    marker = read(f.get_tensor(found))
         else:
             sd = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-            found = _checkpoint_marker(sd, None)
-            if found is not None:
-                return found
-    return None
-
-
-def _checkpoint_keys(state_dict: Optional[Mapping], checkpoint_files: Optional[Sequence[str]]) -> set:
-    if state_dict is not None:
-        return set(state_dict.keys())
-    keys = set()
-    for file in checkpoint_files or ():
-        if str(file).endswith(".safetensors"):
-            from safetensors import safe_open
-            with safe_open(file, framework="pt") as f:
-                keys |= set(f.keys())
-        else:
-            keys |= set(torch.load(file, map_location="cpu", weights_only=True, mmap=True).keys())
-    return keys
+            names = list(sd.keys())
+            if marker is None:
+                marker = next((read(v) for k, v in sd.items() if is_marker(k)), None)
+        keys.update(names)
+    return keys, marker
 
 
 def _missing_block_sparse(model: nn.Module, keys: set) -> List[str]:
@@ -395,7 +387,7 @@ def check_checkpoint(model: nn.Module, state_dict: Optional[Mapping] = None,
     it passes."""
     config = getattr(model, "config", None)
     want = layout_id(config) if config is not None else None
-    have = _checkpoint_marker(state_dict, checkpoint_files)
+    keys, have = _checkpoint_contents(state_dict, checkpoint_files)
     if partial and have is None:
         return
     if want is None and have is not None:
@@ -414,7 +406,7 @@ def check_checkpoint(model: nn.Module, state_dict: Optional[Mapping] = None,
             f"the checkpoint was compressed with another layout (id {have}) than this model's config records "
             f"(id {want}): load it with the config saved beside it.")
     if want is not None and not partial:
-        missing = _missing_block_sparse(model, _checkpoint_keys(state_dict, checkpoint_files))
+        missing = _missing_block_sparse(model, keys)
         if missing:
             raise CompressedCheckpointError(
                 f"the compressed checkpoint lacks block-sparse tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}"
