@@ -84,7 +84,8 @@ def case(N, K, density, T, seed=0):
     keep[torch.randperm(keep.numel(), generator=gen)[:max(1, round(density * keep.numel()))]] = 1.0
     mask = keep.view(nb).to(dev)
     wm = w * mask.repeat_interleave(BLOCK[0], 0).repeat_interleave(BLOCK[1], 1).to(dt)
-    return dict(x=x, dy=dy, w=w, b=b, mask=mask, wm=wm)
+    bsr = wm.to_sparse_bsr(BLOCK)  # BlockSparseLinear's form of the same weight
+    return dict(x=x, dy=dy, w=w, b=b, mask=mask, wm=wm, bsr=(bsr.crow_indices(), bsr.col_indices(), bsr.values(), N))
 
 
 def check(got, want, what):
@@ -233,9 +234,6 @@ def main():
                 rows.append({"step": "flat list alone (flat_list_kernel)", "config": str(best_flat[0]),
                              "shape": f"{N}x{K}", "ms": ms, "note": note})
                 print(f"flat list alone {N}x{K}: " + (f"{ms * 1e3:.1f}us" if ms else note), flush=True)
-        for (N, K), c in sparse.items():
-            bsr = c["wm"].to_sparse_bsr(BLOCK)
-            c["bsr"] = (bsr.crow_indices(), bsr.col_indices(), bsr.values(), N)
 
         def flat_bsl(c, cfg):
             lists = lists_for(c, cfg[0])
@@ -252,9 +250,6 @@ def main():
         chosen["block-sparse flat candidate"] = best_flat_bsl
 
     if not args.no_tiles:
-        for (N, K), c in sparse.items():
-            bsr = c["wm"].to_sparse_bsr(BLOCK)
-            c["bsr"] = (bsr.crow_indices(), bsr.col_indices(), bsr.values(), N)
         r, best_bsl = sweep("block-sparse tiles", tiles, sparse, bsl, fwd_want)
         rows += r
         chosen["block-sparse"] = best_bsl or chosen["block-sparse"]
