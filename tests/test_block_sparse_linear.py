@@ -474,11 +474,42 @@ def test_strided_bias(backend, device):
 
 
 def test_to_dense_checks_the_indices_like_the_forward():
-    """After a load with an out-of-range column, to_dense() built a silently wrong weight (the forward refused)."""
+    """After a load with an out-of-range column, to_dense() built a silently wrong weight (the forward refused).
+    The load itself refuses them now (a compiled forward does not check), but leaves them loaded, as torch does."""
     mask = torch.tensor([[1, 0], [1, 1], [0, 1]], dtype=torch.bool)
     layer = BlockSparseLinear.from_dense(torch.randn(48, 32), None, (16, 16), mask=mask)
     state = {k: v.clone() for k, v in layer.state_dict().items()}
     state["col_indices"][0] = 2
-    layer.load_state_dict(state)
+    with pytest.raises(RuntimeError, match=r"col_indices must lie in \[0, in_features // bi\) = \[0, 2\)"):
+        layer.load_state_dict(state)
     with pytest.raises(ValueError, match=r"col_indices must lie in \[0, in_features // bi\) = \[0, 2\)"):
         layer.to_dense()
+
+
+def test_built_on_the_meta_device_then_loaded():
+    """The usual skeleton-on-meta, to_empty, load pattern: the constructor read the meta indices' values and failed
+    with torch's "Cannot copy out of meta tensor"."""
+    src = BlockSparseLinear.from_dense(*_dense_layer(N=64, K=96, density=0.5, seed=3)[:2], (32, 32))
+    with torch.device("meta"):
+        layer = BlockSparseLinear(96, 64, (32, 32), torch.zeros(3, dtype=torch.int64),
+                                  torch.zeros(0, dtype=torch.int64), torch.zeros(0, 32, 32), torch.zeros(64))
+    layer = layer.to_empty(device="cpu")
+    layer.load_state_dict(src.state_dict())
+    x = torch.randn(5, 96)
+    assert torch.equal(layer(x), src(x)) and layer.nnz == src.nnz
+
+
+@needs_cpu_kernels
+def test_compiled_cpu_forward_refuses_out_of_range_indices():
+    """A compiled forward skips the module's index check (no host read in a graph): an index corrupted in place
+    then made the C++ kernel read outside x silently. The kernel checks the bounds itself (O(nnz))."""
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[0, 0] = mask[1, 1] = True
+    layer = BlockSparseLinear.from_dense(torch.randn(64, 64), None, (16, 16), mask=mask, backend="cpu")
+    x = torch.randn(4, 64)
+    compiled = torch.compile(layer, backend="eager", fullgraph=True)
+    assert torch.allclose(compiled(x), x @ layer.to_dense().t(), atol=1e-5)
+    with torch.no_grad():
+        layer.col_indices[1] = 7
+    with pytest.raises(RuntimeError, match=r"col_indices must lie in \[0, 4\); col_indices\[1\] = 7"):
+        compiled(x)

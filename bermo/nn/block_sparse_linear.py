@@ -36,7 +36,10 @@ class BlockSparseLinear(nn.Module):
     The forward computes only the kept blocks (``backend``: ``None``/``"auto"``, ``"triton"``, ``"cpu"``,
     ``"reference"``; see ``bermo.backends``). It is an inference layer: gradients do reach ``values``, ``bias`` and
     the input, but through the dense formula (``to_dense()``), no faster than ``nn.Linear``. The indices' contents
-    are checked when the layer is built and again only after they change.
+    are checked when the layer is built, when a ``state_dict`` is loaded, and at an eager call after they changed;
+    a ``torch.compile``d forward does not check them (the ``cpu`` kernel still refuses an index out of range), so
+    indices written in place under ``torch.compile`` are the caller's to keep valid. A layer built on the meta
+    device is checked at its first call after ``to_empty`` and a load.
 
     The ``cpu`` backend keeps ``values`` packed for its kernel between calls and packs again after every change
     autograd's version counter sees (in-place ops on the Parameter, ``load_state_dict``, ``.to()``, assigning
@@ -191,5 +194,12 @@ class BlockSparseLinear(nn.Module):
             cols = state_dict.get(ckey)
             if isinstance(cols, torch.Tensor) and cols.shape != self.col_indices.shape:
                 self.col_indices = self.col_indices.new_empty(cols.shape)
+        n_errors = len(error_msgs)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        # Check what was loaded now, not only at the next eager call: a compiled forward skips the check.
+        if len(error_msgs) == n_errors and not (self.crow_indices.is_meta or self.col_indices.is_meta):
+            try:
+                self._check_indices()
+            except ValueError as e:
+                error_msgs.append(f"{prefix}: {e}" if prefix else str(e))

@@ -245,9 +245,10 @@ at::Tensor bsl_pack(const at::Tensor& values) {
   return packed;
 }
 
-// out (T, N) = x (T, K) @ W^T + bias over the kept blocks only. crow (N / bo + 1) and col (nnz) are int64 and
-// valid (the op layer checks them); packed comes from bsl_pack; bias is N values in the accumulation type, or
-// empty; out is contiguous (T, N) in x's dtype.
+// out (T, N) = x (T, K) @ W^T + bias over the kept blocks only. crow (N / bo + 1) and col (nnz) are int64 (the
+// op layer checks their order; their bounds are checked here too, O(nnz), since a compiled graph skips the op
+// layer's check and an index out of range would read outside x); packed comes from bsl_pack; bias is N values in
+// the accumulation type, or empty; out is contiguous (T, N) in x's dtype.
 void bsl_forward(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& packed,
                  const at::Tensor& bias, int64_t bo, at::Tensor& out) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && out.is_contiguous() && out.dim() == 2 &&
@@ -262,6 +263,19 @@ void bsl_forward(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& 
   const int64_t T = x.size(0), K = x.size(1), nbr = crow.size(0) - 1, bi = packed.size(1), bo_pad = packed.size(2);
   TORCH_CHECK(nbr >= 0 && out.size(1) == nbr * bo && bi > 0 && K % bi == 0,
               "bermo block_sparse_linear: shapes do not match");
+  {
+    const int64_t *cr = crow.data_ptr<int64_t>(), *cl = col.data_ptr<int64_t>(), nnz = col.size(0), nbc = K / bi;
+    TORCH_CHECK(cr[0] == 0 && cr[nbr] == nnz, "bermo block_sparse_linear: crow_indices must run from 0 to nnz = ",
+                nnz, "; got ", cr[0], " .. ", cr[nbr]);
+    for (int64_t i = 0; i < nbr; ++i) {
+      TORCH_CHECK(cr[i] <= cr[i + 1], "bermo block_sparse_linear: crow_indices must be non-decreasing; crow_indices[",
+                  i + 1, "] = ", cr[i + 1], " < crow_indices[", i, "] = ", cr[i]);
+    }
+    for (int64_t k = 0; k < nnz; ++k) {
+      TORCH_CHECK(cl[k] >= 0 && cl[k] < nbc, "bermo block_sparse_linear: col_indices must lie in [0, ", nbc,
+                  "); col_indices[", k, "] = ", cl[k]);
+    }
+  }
   BERMO_BSL_DISPATCH(x.scalar_type(), "bermo_bsl_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     TORCH_CHECK(packed.scalar_type() == c10::CppTypeToScalarType<acc_t>::value &&
