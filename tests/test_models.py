@@ -115,6 +115,26 @@ def test_auto_classes_and_save_load_round_trip(tmp_path):
     assert isinstance(AutoModel.from_config(tiny_config()), BermoModel)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64], ids=str)
+def test_from_pretrained_dtype_casts_the_mix_like_to(dtype, tmp_path):
+    """from_pretrained(dtype=...) left the mix's parameters float32 (ScalarMix makes them so) while model.to(dtype)
+    cast them: two ways to the same model gave other logits (bf16) and a float32 mixing_weights() for a float64
+    model."""
+    torch.manual_seed(5)
+    model = BermoForSequenceClassification(tiny_config(mix_initial_scalars=[0.3, -0.2, 0.5, 0.1])).eval()
+    with torch.no_grad():
+        model.bert.scalar_mix.gamma.fill_(1.37)
+    model.save_pretrained(tmp_path)
+    loaded = BermoForSequenceClassification.from_pretrained(tmp_path, dtype=dtype).eval()
+    cast = BermoForSequenceClassification.from_pretrained(tmp_path).to(dtype).eval()
+    assert {p.dtype for p in loaded.bert.scalar_mix.parameters()} == {dtype}
+    assert loaded.mixing_weights().dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    ids, mask = batch()
+    with torch.no_grad():
+        assert torch.equal(loaded(ids, attention_mask=mask).logits, cast(ids, attention_mask=mask).logits)
+    assert BermoForSequenceClassification(tiny_config()).bert.scalar_mix.gamma.dtype == torch.float32
+
+
 def test_problem_types():
     torch.manual_seed(4)
     ids, mask = batch()
@@ -129,6 +149,9 @@ def test_problem_types():
     single = BermoForSequenceClassification(tiny_config(num_labels=3)).eval()
     out = single(ids, attention_mask=mask, labels=torch.tensor([2, 0, 1]))
     torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, torch.tensor([2, 0, 1])))
+    for dtype in (torch.int32, torch.int16, torch.uint8):  # int32 labels crashed in cross_entropy (int64 only)
+        other = single(ids, attention_mask=mask, labels=torch.tensor([2, 0, 1], dtype=dtype)).loss
+        torch.testing.assert_close(other, out.loss)
 
 
 def test_config_errors():

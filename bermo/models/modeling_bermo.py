@@ -120,6 +120,11 @@ class BermoModel(BermoPreTrainedModel, BertModel):
         self.scalar_mix = ScalarMix(len(config.mixed_layer_indices()), do_layer_norm=config.mix_layer_norm,
                                     initial_scalar_parameters=config.mix_initial_scalars,
                                     backend=config.mix_backend)
+        if torch.get_default_dtype() != torch.float32:
+            # from_pretrained(dtype=...) builds the model under that default dtype; ScalarMix makes float32
+            # parameters (as AllenNLP's): follow the model's dtype, as model.to(dtype) does, so both ways of getting
+            # a bfloat16 or float64 model give the same mix (and mixing_weights() float64 for a float64 model).
+            self.scalar_mix.to(torch.get_default_dtype())
         # bermo.pruning.compress: a compressed config (compressed_layout, pruned_heads) gets its smaller and
         # block-sparse modules now, before weights are initialised or loaded (compressed_checkpoint.py).
         if getattr(config, "compressed_layout", None) or getattr(config, "pruned_heads", None):
@@ -227,6 +232,8 @@ class BermoForSequenceClassification(BermoPreTrainedModel):
                 return nn.functional.mse_loss(logits.reshape(-1), labels.reshape(-1).to(logits.dtype))
             return nn.functional.mse_loss(logits, labels.to(logits.dtype))
         if self.config.problem_type == "single_label_classification":
+            if not (labels.dtype == torch.long or labels.is_floating_point()):
+                labels = labels.long()  # int32 / int16 / uint8 class ids: cross_entropy takes int64 only
             return nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
         if self.config.problem_type == "multi_label_classification":
             return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
