@@ -106,6 +106,21 @@ def test_train_then_eval(tiny, tmp_path, arch, capsys):
     assert half["dtype"] == "bfloat16" and abs(half["accuracy"] - result["accuracy"]) <= 2 / 24
 
 
+def test_bert_baseline_loss_is_a_mean_under_gradient_accumulation(tiny, tmp_path):
+    """--arch bert: transformers' classifier takes **kwargs, so the Trainer took its per-batch mean loss as
+    normalised by num_items_in_batch: with 2 accumulation steps (or 2 processes) its loss and gradients were twice
+    those of one batch of the same examples (BERMo's were right). 2 x 4 examples must train as 8."""
+    runs = {}
+    for name, extra in (("8", ["--batch-size", "8"]), ("4x2", ["--batch-size", "4", "--gradient-accumulation-steps",
+                                                                 "2"])):
+        out = tmp_path / name
+        assert _train(tiny, out, "--save-steps", "0", *extra, arch="bert", steps=2) == 0
+        runs[name] = [r["loss"] for r in json.load(open(out / "curve.json"))["train"] if "loss" in r]
+    assert len(runs["8"]) == 2
+    # (dropout draws differ between the two layouts: equal within 2%, where the bug doubled them)
+    assert runs["4x2"] == pytest.approx(runs["8"], rel=2e-2)
+
+
 @pytest.mark.parametrize("arch", ["bert", "bermo"])
 def test_train_pruned_and_compressed(tiny, tmp_path, arch):
     out = tmp_path / arch
@@ -289,9 +304,12 @@ def test_a_teacher_whose_label_ids_mean_other_classes_is_refused(tiny, tmp_path,
     assert "was trained with labels ['0', '1']" in err and "['fresh', 'rotten']" in err
 
 
-def test_resume_refuses_other_optimization_options_and_another_runs_checkpoint(tiny, tmp_path, capsys):
+def test_resume_refuses_other_optimization_options_and_another_runs_checkpoint(tiny, tmp_path, capsys,
+                                                                               monkeypatch):
     """A resumed run restores the optimizer and its schedule from the checkpoint: a new --lr was recorded in the
-    summary and never used. A checkpoint of another run skipped every check (and crashed late for another arch)."""
+    summary and never used. A checkpoint of another run skipped every check (and crashed late for another arch).
+    Another number of processes changed the batch per step: the schedules were rebuilt mid-run (the density went
+    back up) or half the run was skipped, silently."""
     out = tmp_path / "run"
     assert _train(tiny, out, "--save-steps", "2", arch="bert", steps=4) == 0
     base = ["train", "--arch", "bert", "--model", tiny["model"], "--train-file", tiny["train"], "--validation-file",
@@ -299,6 +317,10 @@ def test_resume_refuses_other_optimization_options_and_another_runs_checkpoint(t
             "--no-progress", "--max-length", "16"]
     err = _error(capsys, base + ["--output-dir", str(out), "--lr", "5e-2", "--resume"])
     assert "started with other options" in err and "--lr 0.001 (now 0.05)" in err
+    with monkeypatch.context() as m:
+        m.setenv("WORLD_SIZE", "2")
+        err = _error(capsys, base + ["--output-dir", str(out), "--lr", "1e-3", "--resume"])
+    assert "started on 1 data-parallel replicas (processes x GPUs each) and this is 2" in err
     err = _error(capsys, base + ["--lr", "1e-3", "--output-dir", str(tmp_path / "other"), "--resume",
                                  str(out / "checkpoint-2")])
     assert f"belongs to the run in {os.path.realpath(out)}" in err

@@ -189,10 +189,36 @@ def test_extra_terms_follow_the_trainers_gradient_accumulation_convention(tmp_pa
     trainer = PruningTrainer(model=bert(), args=training_args(tmp_path, gradient_accumulation_steps=4),
                              pruning=PruningConfig(final_level=0.5, block_shape=(8, 8), prepare_options=REF))
     trainer.current_gradient_accumulation_steps = 4
+    # BERT's classifier loss is a per-batch mean: the Trainer divides it (and so the extra terms) itself
+    assert trainer.model_accepts_loss_kwargs is False
+    assert trainer._extra_loss_scale(num_items_in_batch=32) == 1.0
     # a loss normalised by num_items_in_batch is not divided by the Trainer: the extra terms are divided here
-    assert trainer.model_accepts_loss_kwargs
+    trainer.model_accepts_loss_kwargs = True
     assert trainer._extra_loss_scale(num_items_in_batch=32) == 0.25
     assert trainer._extra_loss_scale(num_items_in_batch=None) == 1.0  # the Trainer divides the whole loss
+
+
+def test_bert_classifier_loss_is_not_multiplied_by_gradient_accumulation(tmp_path):
+    """transformers' BERT classifier takes **kwargs, so the HF Trainer took its per-batch mean loss as normalised
+    by num_items_in_batch: with 2 accumulation steps (or 2 processes) loss and gradients were twice too large.
+    One SGD step over 2 x 4 examples must equal one over 8."""
+    def one_step(batch, accumulate):
+        model = bert(seed=3)
+        args = training_args(tmp_path / f"{batch}-{accumulate}", per_device_train_batch_size=batch,
+                             gradient_accumulation_steps=accumulate, max_steps=1, optim="sgd", learning_rate=0.5,
+                             lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0)
+        trainer = PruningTrainer(model=model, args=args, train_dataset=dataset(16),
+                                 pruning=PruningConfig(method="magnitude", final_level=1.0, block_shape=(8, 8),
+                                                       prepare_options=REF))
+        assert trainer.model_accepts_loss_kwargs is False
+        loss = trainer.train().training_loss
+        return loss, model.classifier.weight.detach().clone()
+
+    loss_8, w_8 = one_step(8, 1)
+    loss_4x2, w_4x2 = one_step(4, 2)
+    assert loss_4x2 == pytest.approx(loss_8, rel=1e-5)
+    torch.testing.assert_close(w_4x2, w_8, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(w_8, bert(seed=3).classifier.weight)  # the step moved it
 
 
 def test_load_best_model_at_end_restores_the_best_steps_level(tmp_path):

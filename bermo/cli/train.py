@@ -1,7 +1,7 @@
 """``bermo train``: fine-tune BERT (``--arch bert``) or BERMo (``--arch bermo``) from any BERT checkpoint on a
 text-classification task, optionally pruning (movement pruning and its relatives), distilling from a teacher
 and compressing the result. Built on the Hugging Face Trainer, so ``torchrun --nproc_per_node N -m bermo train``
-and ``accelerate launch -m bermo train`` run it on several processes unchanged.
+(and, on GPUs, ``accelerate launch --num_processes N -m bermo train``) run it on several processes unchanged.
 
 What a run leaves in ``--output-dir``:
 
@@ -238,6 +238,11 @@ def data_parallel_gpus() -> int:
     return torch.cuda.device_count() if world_size() == 1 and torch.cuda.device_count() > 1 else 1
 
 
+def replicas() -> int:
+    """Data-parallel replicas: what the batch per optimizer step is multiplied by."""
+    return world_size() * data_parallel_gpus()
+
+
 def total_steps(args: argparse.Namespace, n_train: int) -> int:
     """The optimizer steps the Trainer will take (what the pruning schedule spans), computed as the Trainer does:
     batches per process per epoch, over the accumulation steps, rounded up, times the epochs."""
@@ -316,7 +321,12 @@ def load_model(args: argparse.Namespace, config, num_labels: int, label_names):
     labels = {"num_labels": num_labels, "id2label": dict(enumerate(label_names)),
               "label2id": {name: i for i, name in enumerate(label_names)}}
     if args.arch == "bert":
-        return BertForSequenceClassification.from_pretrained(args.model, **labels)
+        model = BertForSequenceClassification.from_pretrained(args.model, **labels)
+        # Its loss is a per-batch mean although its forward takes **kwargs: without this the plain Trainer took it
+        # as normalised by num_items_in_batch, and the loss and gradients were processes (or gradient accumulation
+        # steps) times too large (BERMo's classifier says the same in its class).
+        model.accepts_loss_kwargs = False
+        return model
     extra: Dict[str, Any] = {}
     if args.mix_layer_norm:
         extra["mix_layer_norm"] = True
@@ -443,6 +453,11 @@ def check_output_dir(args: argparse.Namespace) -> List[str]:
             if changed:
                 raise CommandError("--resume: the run in " + out + " was started with other options: " + ", ".join(
                     f"--{k.replace('_', '-')} {before[k]!r} (now {getattr(args, k, None)!r})" for k in changed))
+            if "replicas" in before and before["replicas"] != replicas():
+                raise CommandError(f"--resume: the run in {out} was started on {before['replicas']} data-parallel "
+                                   f"replicas (processes x GPUs each) and this is {replicas()}: the batch per step, "
+                                   "so the planned steps and the pruning and learning-rate schedules, would change "
+                                   "mid-run; resume it with as many processes")
         return []
     if not found:
         return []
@@ -473,7 +488,7 @@ def write_run_options(args: argparse.Namespace) -> None:
     if _main_process():
         os.makedirs(args.output_dir, exist_ok=True)
         write_json(os.path.join(args.output_dir, "run_options.json"),
-                   {k: _comparable(k, getattr(args, k, None)) for k in RUN_DEFINING})
+                   {**{k: _comparable(k, getattr(args, k, None)) for k in RUN_DEFINING}, "replicas": replicas()})
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:

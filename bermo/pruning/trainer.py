@@ -24,10 +24,9 @@ refuses to start when the schedule leaves no pruning phase or when the initial m
 The penalty and distillation terms are per-batch means, scaled like the Trainer's loss: where the Trainer takes
 the model's loss as normalised over the whole accumulated batch (a model that accepts ``num_items_in_batch``) it
 does not divide by the gradient accumulation steps, so these terms are divided here. transformers' BERT sequence
-classifier accepts ``**kwargs`` yet returns a per-batch mean, so with gradient accumulation (or several
-processes) its task loss is that many times larger than intended, in plain Trainer runs too (BERMo's classifier
-says ``accepts_loss_kwargs = False``, and the Trainer scales it right); with one step per batch on one process,
-the usual case, all terms are as written.
+classifier accepts ``**kwargs`` yet returns a per-batch mean: the pruning trainers scale its loss as a mean
+(``_scale_per_batch_mean_loss``); in a plain Trainer it is gradient accumulation steps (or processes) times too
+large. BERMo's classifier says ``accepts_loss_kwargs = False``.
 
 Distillation follows the student's ``config.problem_type`` (else the teacher's; else regression for one output,
 single-label otherwise: ``distillation_loss``): softened KL for single- and multi-label classifiers, the mean
@@ -276,6 +275,7 @@ class PruningMixin:
         self._pruning_sums: Dict[str, torch.Tensor] = {}
         self._pruning_counts: Dict[str, int] = {}
         super().__init__(model, args, *more, **kwargs)
+        _scale_per_batch_mean_loss(self)
         self._optimizer_given = self.optimizer is not None
         if pruning.teacher is not None:
             pruning.teacher.to(self.args.device).eval().requires_grad_(False)
@@ -406,6 +406,20 @@ class PruningMixin:
         if "loss" in logs and self.pruning_schedule is not None:  # a training log
             logs.update(self.pruning_logs())
         super().log(logs, *args, **kwargs)
+
+
+def _scale_per_batch_mean_loss(trainer: Trainer) -> None:
+    """Make ``trainer`` scale the loss of a ``transformers`` BERT sequence classifier as a per-batch mean (divided
+    by the gradient accumulation steps, not multiplied by the number of processes). Its forward takes
+    ``**kwargs``, so the Trainer assumes a loss normalised by ``num_items_in_batch``; but the loss is
+    ``CrossEntropyLoss()`` / ``MSELoss()`` / ``BCEWithLogitsLoss()``, a mean that ignores it (transformers 5), and
+    loss and gradients came out that many times too large. A model that says ``accepts_loss_kwargs`` itself, and
+    other models (some classifiers do normalise by ``num_items_in_batch``), keep the Trainer's decision."""
+    from transformers import BertForSequenceClassification
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if isinstance(model, BertForSequenceClassification) and not hasattr(model, "accepts_loss_kwargs"):
+        trainer.model_accepts_loss_kwargs = False
 
 
 class PruningTrainer(PruningMixin, Trainer):
