@@ -52,6 +52,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny model, few repetitions (smoke test)")
     add_output_args(parser)
     args = parser.parse_args(argv)
+    output_dir(args)  # --record with --quick is refused now, not after the run
     device = torch.device(args.device)
     if args.quick:
         shape, B, T, reps = "tiny", 4, 16, args.reps or 5

@@ -42,7 +42,10 @@ import bermo.ops.masked_linear  # noqa: E402,F401
 from bermo.ops.masked_linear import expand_mask  # noqa: E402
 
 ml = sys.modules["bermo.ops.masked_linear"]
-PARITY_TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+# bermo's largest error against float64 (outputs and every gradient, relative to each one's largest value). A 16-bit
+# result rounded once is off by at most 2**-8 (bf16) / 2**-11 (fp16) of it: these bounds are 1.5-2x that, so a
+# kernel 1% off fails (the eager masked linear's own error is in the table, for comparison; it is no excuse).
+PARITY_TOL = {torch.float32: 1e-4, torch.bfloat16: 6e-3, torch.float16: 1e-3}
 BLOCKS = {"1x1": lambda N, K: (1, 1), "32x32": lambda N, K: (32, 32), "rows": lambda N, K: (1, K)}
 SHAPES = [(768, 768), (3072, 768), (768, 3072)]  # (out, in)
 
@@ -81,7 +84,10 @@ def reference(x, w, b, m, dy, block_shape):
 
 
 def rel_err(got, want):
-    return max(((a.detach().double().cpu() - r.cpu()).abs().max() / r.abs().max().clamp_min(1e-30)).item()
+    """The largest error relative to each reference's largest value; a missing result (a gradient not computed)
+    is an infinite error, so the parity gate reports it."""
+    return max(float("inf") if a is None else
+               ((a.detach().double().cpu() - r.cpu()).abs().max() / r.abs().max().clamp_min(1e-30)).item()
                for a, r in zip(got, want))
 
 
@@ -197,6 +203,7 @@ def main(argv=None) -> int:
                         help="GPU: skip the CUDA-graph timing (by default each provider is timed both ways)")
     add_output_args(parser)
     args = parser.parse_args(argv)
+    output_dir(args)  # --record with --quick is refused now, not after the run
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     graphs = gpu and not args.no_graphs
@@ -221,18 +228,16 @@ def main(argv=None) -> int:
                 print("\n".join(markdown_table(case, COLUMNS).splitlines()[2:]), flush=True)  # rows as they come
     table = markdown_table(rows, COLUMNS)
     print("\n" + table)
-    if not args.no_save:
+    # The parity gate first: a run that fails it writes no result files (a --record run would replace the
+    # committed tables with a wrong kernel's).
+    bad = [r for r in rows if r["provider"] == "bermo" and not r["max_rel_err"] <= PARITY_TOL[dtype]]
+    for r in bad:
+        print(f"PARITY FAILURE: bermo {r['shape']} {r['block']} {r['density']} {r['mode']} ({r['timing']}): "
+              f"max rel err {r['max_rel_err']:.2e} (tolerance {PARITY_TOL[dtype]:.0e})", file=sys.stderr)
+    if not args.no_save and not bad:
         for path in write_results("masked_linear" + ("_quick" if args.quick else ""), env, rows, table,
                                   output_dir(args), __doc__.split("\n\n", 2)[2].strip()):
             print(f"wrote {path}")
-    def key(r):
-        return r["shape"], r["block"], r["density"], r["mode"], r["timing"]
-    eager = {key(r): r["max_rel_err"] for r in rows if r["provider"] == "eager masked"}
-    bad = [r for r in rows if r["provider"] == "bermo" and not r["max_rel_err"] <= max(
-        PARITY_TOL[dtype], 4 * eager[key(r)])]
-    for r in bad:
-        print(f"PARITY FAILURE: bermo {r['shape']} {r['block']} {r['density']} {r['mode']} ({r['timing']}): "
-              f"max rel err {r['max_rel_err']:.2e}", file=sys.stderr)
     return 1 if bad else 0
 
 

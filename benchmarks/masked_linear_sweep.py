@@ -145,6 +145,7 @@ def main():
                         help="time the candidate forward kernels of masked_linear_experiments.py too")
     add_output_args(parser)
     args = parser.parse_args()
+    output_dir(args)  # --record with --quick is refused now, not after the run
     if DEV == "cuda" and not torch.cuda.is_available():
         raise SystemExit("masked_linear_sweep: needs a GPU")
     torch.manual_seed(0)

@@ -47,8 +47,11 @@ from bermo.pruning.compression import padded_width  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SENTENCES = os.path.join(ROOT, "..", "shared", "data", "rotten_tomatoes", "validation.tsv")
-# The compressed model against the masked one: the largest error relative to the largest masked output.
-REL_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
+# The compressed model against the masked one: the largest error relative to the largest masked output. Layers:
+# one rounding of the result (bf16: 2**-8 of it) and float32 sums; whole models: twelve layers of rounding in
+# bfloat16, but in float32 correct kernels stay under 1e-5 (a layer 1% off showed 9e-5 through LayerNorm).
+REL_TOLERANCE = {"layer": {torch.float32: 3e-5, torch.bfloat16: 6e-3},
+                 "model": {torch.float32: 3e-5, torch.bfloat16: 3e-2}}
 
 SHAPES = [(768, 768), (3072, 768), (768, 3072)]
 DENSITIES = [1.0, 0.5, 0.3, 0.1, 0.05]
@@ -310,6 +313,7 @@ def main(argv=None) -> int:
     parser.add_argument("--blocks", nargs="+", default=BLOCKS, choices=BLOCKS, help="block sides, or whole rows")
     add_output_args(parser)
     args = parser.parse_args(argv)
+    output_dir(args)  # --record with --quick is refused now, not after the run
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     if not gpu:
@@ -348,7 +352,16 @@ def main(argv=None) -> int:
         rows += minilm_rows(densities, dtype, device, max(3, reps // 2), n_sentences, sentence_batch, args.sentences)
     table = markdown_table(rows, [c for c in COLUMNS if any(r.get(c[1]) is not None for r in rows)])
     print(table)
-    if not args.no_save:
+
+    def tolerance(r):
+        return REL_TOLERANCE["layer" if r["part"] == "layer" else "model"].get(dtype, 1e-4)
+    # The parity gate first: a run that fails it writes no result files.
+    bad = [r for r in rows if r.get("max_rel_err") is not None and not r["max_rel_err"] <= tolerance(r)]
+    for r in bad:
+        print(f"PARITY FAILURE: {r['part']} {r['shape']} {r['block']} {r['density']} {r['provider']} differs from "
+              f"the masked model by {r['max_abs_err']:.2e} ({r['max_rel_err']:.2e} of its largest output; tolerance "
+              f"{tolerance(r):.0e})", file=sys.stderr)
+    if not args.no_save and not bad:
         folder = output_dir(args)
         name = "pruned_throughput" + ("_quick" if args.quick else "")
         png = f"{name}_{env['device']}.png"
@@ -357,11 +370,6 @@ def main(argv=None) -> int:
             print(f"wrote {path}")
         if rows:
             print("wrote " + plot(rows, os.path.join(folder, png)))
-    tolerance = REL_TOLERANCE.get(dtype, 1e-4)
-    bad = [r for r in rows if r.get("max_rel_err") is not None and not r["max_rel_err"] <= tolerance]
-    for r in bad:
-        print(f"PARITY FAILURE: {r['part']} {r['provider']} differs from the masked model by {r['max_abs_err']:.2e} "
-              f"({r['max_rel_err']:.2e} of its largest output; tolerance {tolerance:.0e})", file=sys.stderr)
     return 1 if bad else 0
 
 

@@ -557,6 +557,7 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="delete the work dir first (default: reuse finished runs)")
     add_output_args(parser)
     args = parser.parse_args()
+    output_dir(args)  # --record with --quick is refused now, not after the run
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -197,6 +197,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tune", action="store_true",
                         help="also sweep tile sizes and warps of the forward and backward kernels")
     args = parser.parse_args(argv)
+    output_dir(args)  # --record with --quick is refused now, not after the run
     device = torch.device(args.device)
     if device.type == "cpu" and not args.quick:
         print("scalar_mix_kernels: times Triton kernels on a GPU; without one only --quick runs (interpreted)")

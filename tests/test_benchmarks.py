@@ -88,3 +88,43 @@ def test_record_refuses_a_quick_run(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "scalar_mix.py"), "--quick", "--record",
                            "--device", "cpu"], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "not from a --quick run" in proc.stderr + proc.stdout
+
+
+WRONG_PROVIDER = """
+import sys
+sys.path.insert(0, {bench!r})
+import {module} as bench
+factor = {factor}
+made = bench.{factory}
+def wrong(*args, **kwargs):
+    result = made(*args, **kwargs)
+    providers = result[1] if isinstance(result, tuple) else result
+    good = providers["bermo"]
+    providers["bermo"] = lambda *a, **k: good(*a, **k) * factor
+    return result
+bench.{factory} = wrong
+sys.exit(bench.main({argv!r}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module,factory,argv", [
+    ("scalar_mix", "make_providers", ["--quick", "--device", "cpu"]),
+    ("masked_linear", "providers", ["--quick", "--device", "cpu", "--dtype", "bfloat16"]),
+], ids=["scalar_mix", "masked_linear-bf16"])
+def test_parity_gate_stops_a_kernel_one_percent_off_and_writes_nothing(tmp_path, module, factory, argv):
+    """bermo's output scaled by 1.01: the gate must fail the run (bfloat16 passed it at 2e-2 tolerance, or 4x the
+    eager error) and write no result files (they were written before the gate: a --record run would have
+    replaced the committed tables). The same run unscaled passes and writes them."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    for factor in (1.01, 1.0):
+        out = tmp_path / str(factor)
+        code = WRONG_PROVIDER.format(bench=os.path.join(ROOT, "benchmarks"), module=module, factory=factory,
+                                     factor=factor, argv=argv + ["--out", str(out)])
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, env=env)
+        if factor != 1.0:
+            assert proc.returncode == 1 and "PARITY FAILURE: bermo" in proc.stderr, proc.stderr[-3000:]
+            assert not out.exists() or not os.listdir(out)
+        else:
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            assert [f for f in os.listdir(out) if f.endswith(".json")]
