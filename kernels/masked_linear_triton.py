@@ -370,7 +370,9 @@ def grad_weight(dy2d: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, mas
     N, K = weight.shape
     bo, bi = block_shape
     gw = torch.mm(dy2d.t(), x2d)
-    gbn, gbk = granularity(block_shape)
+    # The block-sum granularity only matters with the mask gradient; without it one (1, 1) specialisation serves
+    # every block shape (the one compile_configurations() lists).
+    gbn, gbk = granularity(block_shape) if need_mask_grad else (1, 1)
     partial = torch.empty((N // gbn, K // gbk), dtype=torch.float32, device=weight.device) if need_mask_grad \
         else _placeholder(weight.device, torch.float32)
     t = EPILOGUE_TILE

@@ -2,8 +2,10 @@
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
+import torch
 
 from conftest import HAS_TRITON
 
@@ -47,3 +49,80 @@ def test_compile_refuses_to_run_under_the_interpreter():
     proc = subprocess.run([sys.executable, "-m", "bermo.kernels.compile"], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 2 and "TRITON_INTERPRET is set" in proc.stderr
+
+
+@pytest.mark.skipif(not HAS_TRITON or os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="records the launches through Triton's interpreter")
+def test_every_launched_configuration_is_in_the_compile_list(monkeypatch):
+    """Every launch the ops make (constexprs, warps, stages) over dtypes, block shapes, mask kinds, density hints,
+    bias, sizes and views is one of compile_configurations(): a configuration only the interpreter ran could fail
+    to compile on a real GPU (the masked linear's gradient epilogue took the block-sum granularity of blocks whose
+    mask needed no gradient: 14 configurations per dtype never compiled). The kernels are recorded, not run."""
+    import inspect
+
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from bermo.kernels import block_sparse_linear_triton, masked_linear_triton, scalar_mix_triton
+    from bermo.ops.block_sparse_linear import block_sparse_linear
+    from bermo.ops.masked_linear import masked_linear
+    from bermo.ops.scalar_mix import scalar_mix
+
+    def constexpr_names(fn):
+        return [n for n, p in inspect.signature(fn).parameters.items() if "constexpr" in str(p.annotation)]
+
+    compiled = set()
+    for module in (masked_linear_triton, block_sparse_linear_triton, scalar_mix_triton):
+        for label, kernel, signature, constexprs, _div16, warps, *stages in module.compile_configurations():
+            fn = kernel.fn
+            compiled.add((fn.__name__, tuple((n, constexprs[n]) for n in constexpr_names(fn)), warps,
+                          stages[0] if stages else 3))
+    launched = {}
+
+    def record(self, *args, grid, warmup, **kwargs):
+        values = dict(zip(self.arg_names, args), **kwargs)
+        names = constexpr_names(self.fn)
+        # DOT_F32: the interpreter's float32 dot for 16-bit tiles; compiled kernels keep 16-bit operands
+        key = (self.fn.__name__, tuple((n, False if n == "DOT_F32" else values[n]) for n in names),
+               kwargs.get("num_warps", 4), kwargs.get("num_stages", 3))
+        launched.setdefault(key, scenario[0])
+
+    monkeypatch.setattr(InterpretedFunction, "run", record)
+    scenario = [""]
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for N, K in ((192, 384), (96, 160)):
+            blocks = [(1, 1), (1, K), (N, 1), (16, 16), (32, 32), (64, 64), (32, 64), (16, 48), (2, 32), (3, 5)]
+            for bs in [b for b in blocks if N % b[0] == 0 and K % b[1] == 0]:
+                nb = (N // bs[0], K // bs[1])
+                keep = torch.rand(nb, generator=gen) < 0.4
+                keep.view(-1)[0] = True
+                for kind, density, bias, M in (("bool", None, True, 16), ("grad", 0.1, False, 37),
+                                               ("nograd", 0.5, True, 1), ("grad", None, True, 16)):
+                    scenario[0] = f"masked_linear {dtype} {N}x{K} {bs} mask={kind} density={density}"
+                    x = torch.randn(M, K, generator=gen).to(dtype).requires_grad_()
+                    w = torch.randn(N, K, generator=gen).to(dtype).requires_grad_()
+                    m = keep if kind == "bool" else keep.float().requires_grad_(kind == "grad")
+                    b = torch.randn(N, generator=gen).to(dtype).requires_grad_() if bias else None
+                    y = masked_linear(x, w, m, b, bs, backend="triton", density=density)
+                    y.backward(torch.ones_like(y))
+                scenario[0] = f"block_sparse_linear {dtype} {N}x{K} {bs}"
+                W = torch.randn(N, K, generator=gen) * torch.kron(keep.float(), torch.ones(bs))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "Sparse BSR tensor support is in beta state"
+                    bsr = W.to(dtype).to_sparse_bsr(bs)
+                for bias in (None, torch.zeros(N, dtype=dtype)):
+                    block_sparse_linear(torch.randn(5, K, generator=gen).to(dtype), bsr.crow_indices(),
+                                        bsr.col_indices(), bsr.values(), bias, N, backend="triton")
+        for H in (1, 48, 100, 768, 1024):
+            for L, layer_norm, stacked in ((1, False, False), (3, True, False), (2, False, True)):
+                scenario[0] = f"scalar_mix {dtype} H={H} L={L} layer_norm={layer_norm} stacked={stacked}"
+                layers = torch.randn(L, 2, 8, H, generator=gen).to(dtype).requires_grad_()
+                s = torch.zeros(L, requires_grad=True)
+                g = torch.ones(1, requires_grad=True)
+                mask = torch.ones(2, 8, dtype=torch.bool) if layer_norm else None
+                out = scalar_mix(layers if stacked else list(layers.unbind(0)), s, g, mask, do_layer_norm=layer_norm,
+                                 backend="triton")
+                out.backward(torch.ones_like(out))
+    assert len(launched) > 20
+    missing = {key: where for key, where in launched.items() if key not in compiled}
+    assert not missing, "\n".join(f"{k} (e.g. {w})" for k, w in sorted(missing.items(), key=str)[:20])
