@@ -4,11 +4,15 @@
     python -m bermo.kernels.cpu_extension     # build ahead of time (say, in a Docker image), print where
 
 The cache entry's name hashes everything the binary depends on (the sources and the shared headers, the flags,
-the CPU, this torch build and this Python), so two environments on one machine never rebuild or load each
-other's library; concurrent first builds of one entry are serialised by torch's own lock file in the build folder.
+the CPU, this torch build and this Python) and the sources' folder (torch's build file names them by absolute
+path: two checkouts sharing an entry rebuilt it at every switch), so two environments on one machine never
+rebuild or load each other's library. Concurrent first builds of one entry are serialised by an advisory lock
+that dies with its process; torch's own lock file, which a build killed midway leaves behind (every later
+process then waited on it forever, silently), is removed when no live process holds ours.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import hashlib
@@ -50,7 +54,7 @@ def extension_name() -> str:
     for path in sources() + headers():  # a header change must rebuild too
         with open(path, "rb") as f:
             digest.update(os.path.basename(path).encode() + b"\0" + f.read())
-    key = "\n".join([digest.hexdigest(), " ".join(CFLAGS), _cpu_tag(), torch.__version__,
+    key = "\n".join([digest.hexdigest(), os.path.realpath(CSRC), " ".join(CFLAGS), _cpu_tag(), torch.__version__,
                      str(getattr(torch.version, "git_version", "")), str(torch.version.cuda),
                      platform.python_version(), str(torch._C._GLIBCXX_USE_CXX11_ABI)])
     return f"bermo_cpu_{hashlib.sha1(key.encode()).hexdigest()[:16]}"
@@ -73,11 +77,36 @@ def extension():
     build says so on stderr (about a minute on two cores)."""
     from torch.utils.cpp_extension import load
 
-    if not is_built():
-        print(f"bermo: building the C++ CPU kernels (first use in this environment; about a minute on two "
-              f"cores), cached in {build_directory()}", file=sys.stderr, flush=True)
-    return load(name=extension_name(), sources=sources(), extra_cflags=CFLAGS,
-                verbose=os.environ.get("BERMO_VERBOSE_BUILD") == "1")
+    with _build_lock(build_directory()):
+        if not is_built():
+            print(f"bermo: building the C++ CPU kernels (first use in this environment; about a minute on two "
+                  f"cores), cached in {build_directory()}", file=sys.stderr, flush=True)
+        return load(name=extension_name(), sources=sources(), extra_cflags=CFLAGS,
+                    verbose=os.environ.get("BERMO_VERBOSE_BUILD") == "1")
+
+
+@contextlib.contextmanager
+def _build_lock(folder: str):
+    """Hold an advisory lock on ``folder`` (released by the OS when the process dies, unlike torch's lock file);
+    while it is held no other bermo process is building here, so a torch lock file found then was left by a
+    build that was killed: remove it, or torch waits for it forever."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: torch's own lock only
+        yield
+        return
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "bermo.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            stale = os.path.join(folder, "lock")
+            if os.path.exists(stale):
+                print(f"bermo: removing {stale}, left by a build of the C++ kernels that was stopped midway",
+                      file=sys.stderr, flush=True)
+                os.remove(stale)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def main() -> int:

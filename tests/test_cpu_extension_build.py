@@ -56,3 +56,37 @@ def test_cache_name_tracks_the_shared_headers(monkeypatch, tmp_path):
     import pathlib
     setup = (pathlib.Path(__file__).resolve().parents[1] / "setup.py").read_text()
     assert '"csrc/*.h"' in setup
+
+
+def test_cache_name_tracks_the_sources_folder(monkeypatch, tmp_path):
+    """torch's build file names the sources by absolute path: two checkouts with the same sources shared one
+    entry and rebuilt it (minutes) at every switch between them."""
+    import shutil
+
+    from bermo.kernels import cpu_extension
+
+    name = cpu_extension.extension_name()
+    copy = tmp_path / "csrc"
+    shutil.copytree(cpu_extension.CSRC, copy)
+    monkeypatch.setattr(cpu_extension, "CSRC", str(copy))
+    assert cpu_extension.extension_name() != name
+
+
+def test_a_lock_left_by_a_killed_build_is_removed(monkeypatch, tmp_path, capsys):
+    """A build killed midway leaves torch's lock file: every later process waited on it forever, saying
+    nothing. bermo's own lock (released when its holder dies) shows that no build is running, so it goes."""
+    from bermo.kernels import cpu_extension
+    import torch.utils.cpp_extension as cpp
+
+    (tmp_path / "lock").write_text("")
+    seen = []
+    monkeypatch.setattr(cpu_extension, "build_directory", lambda: str(tmp_path))
+    monkeypatch.setattr(cpu_extension, "is_built", lambda: True)
+    monkeypatch.setattr(cpp, "load", lambda **kw: seen.append((tmp_path / "lock").exists()) or "module")
+    cpu_extension.extension.cache_clear()
+    try:
+        assert cpu_extension.extension() == "module"
+    finally:
+        cpu_extension.extension.cache_clear()
+    assert seen == [False]
+    assert "left by a build of the C++ kernels that was stopped midway" in capsys.readouterr().err

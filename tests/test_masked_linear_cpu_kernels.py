@@ -284,6 +284,10 @@ def test_bad_shapes(ml):
         ml.forward(x, w, torch.ones(2, 3), None, (32, 40))  # 40 does not divide 96
     with pytest.raises(ValueError):
         ml.grad_input(torch.randn(5, 63), w, torch.ones(2, 3), (32, 32))
+    # The extension itself checks the bias it is handed (it read past a short one, the launcher aside)
+    ext = ml.extension()
+    with pytest.raises(RuntimeError, match="bias must be N contiguous values"):
+        ext.ml_forward(x, w, torch.ones(2, 3), torch.zeros(1), 32, 32, torch.empty(5, 64))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=lambda d: str(d).split(".")[-1])

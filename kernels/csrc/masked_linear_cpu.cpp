@@ -263,6 +263,9 @@ void ml_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& mask
               "bermo masked_linear: bad input or output shape");
   BERMO_ML_DISPATCH(x.scalar_type(), "bermo_ml_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    TORCH_CHECK(bias.numel() == 0 || (bias.numel() == N && bias.is_contiguous() &&
+                                      bias.scalar_type() == c10::CppTypeToScalarType<acc_t>::value),
+                "bermo masked_linear: bias must be N contiguous values in the accumulation type, or empty");
     const acc_t* M = mask.data_ptr<acc_t>();
     std::vector<int64_t> ptr;
     std::vector<std::pair<int64_t, int64_t>> kept;
