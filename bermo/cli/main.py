@@ -1,4 +1,5 @@
-"""The ``bermo`` command line: ``bermo train``, ``bermo eval``, ``bermo probe`` (``python -m bermo`` too).
+"""The ``bermo`` command line: ``bermo train``, ``bermo eval``, ``bermo make-probing-tasks``, ``bermo probe``
+(``python -m bermo`` too).
 
 Each subcommand lives in a module of its own (``bermo.cli.train``, ``.evaluate``, ``.probe``) with
 ``add_arguments(parser)`` and ``run(args)``; bad input raises ``CommandError``, printed here as
