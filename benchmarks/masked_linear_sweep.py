@@ -29,7 +29,7 @@ kept-tiles-only Triton weight gradient (slower than cuBLAS + epilogue at every d
 run timed L2 eviction hints (activation loads evict_last, output stores evict_first: 3-6% faster on the FFN
 shapes, since adopted).
 
-Each result is checked against the float32 product (max relative error under 1e-2) before it is timed.
+Each result is checked against the float32 product (max relative error under 6e-3: 1.5x one bf16 rounding) before it is timed.
 """
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def case(N, K, density, T, seed=0):
 
 def check(got, want, what):
     err = ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
-    if not err < 1e-2:
+    if not err < 6e-3:
         raise SystemExit(f"PARITY {what}: max rel error {err:.3e}")
     return err
 

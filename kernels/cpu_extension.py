@@ -89,10 +89,14 @@ def extension():
 def _build_lock(folder: str):
     """Hold an advisory lock on ``folder`` (released by the OS when the process dies, unlike torch's lock file);
     while it is held no other bermo process is building here, so a torch lock file found then was left by a
-    build that was killed: remove it, or torch waits for it forever."""
+    build that was killed: remove it, or torch waits for it forever. (On a network file system that does not
+    pass flock between machines, e.g. NFS mounted ``nolock``, two machines' first builds of one cache entry are
+    not serialised: build ahead with ``python -m bermo.kernels.cpu_extension`` there.)"""
     try:
         import fcntl
     except ImportError:  # not POSIX: torch's own lock only
+        fcntl = None
+    if fcntl is None:
         yield
         return
     os.makedirs(folder, exist_ok=True)

@@ -320,7 +320,7 @@ def test_resume_refuses_other_optimization_options_and_another_runs_checkpoint(t
     with monkeypatch.context() as m:
         m.setenv("WORLD_SIZE", "2")
         err = _error(capsys, base + ["--output-dir", str(out), "--lr", "1e-3", "--resume"])
-    assert "started on 1 data-parallel replicas (processes x GPUs each) and this is 2" in err
+    assert "started on 1 data-parallel replicas (processes x GPUs each) and this is 2: the batch per step" in err
     err = _error(capsys, base + ["--lr", "1e-3", "--output-dir", str(tmp_path / "other"), "--resume",
                                  str(out / "checkpoint-2")])
     assert f"belongs to the run in {os.path.realpath(out)}" in err

@@ -149,7 +149,15 @@ def test_problem_types():
     single = BermoForSequenceClassification(tiny_config(num_labels=3)).eval()
     out = single(ids, attention_mask=mask, labels=torch.tensor([2, 0, 1]))
     torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, torch.tensor([2, 0, 1])))
-    for dtype in (torch.int32, torch.int16, torch.uint8):  # int32 labels crashed in cross_entropy (int64 only)
+    # int32 class ids crashed in cross_entropy (int64 only): on a fresh model (inferred single-label, as
+    # transformers infers it from long/int labels) and, once the problem type is set, any integer dtype
+    fresh = BermoForSequenceClassification(tiny_config(num_labels=3)).eval()
+    fresh.load_state_dict(single.state_dict())
+    fresh.config.problem_type = None
+    int32 = fresh(ids, attention_mask=mask, labels=torch.tensor([2, 0, 1], dtype=torch.int32)).loss
+    assert fresh.config.problem_type == "single_label_classification"
+    torch.testing.assert_close(int32, out.loss)
+    for dtype in (torch.int16, torch.uint8):
         other = single(ids, attention_mask=mask, labels=torch.tensor([2, 0, 1], dtype=dtype)).loss
         torch.testing.assert_close(other, out.loss)
 

@@ -820,6 +820,28 @@ def test_block_sparse_tensors_cut_consistently_are_refused(tmp_path):
         load_compressed(path)
 
 
+@pytest.mark.parametrize("cls", [BermoForSequenceClassification, BertForSequenceClassification],
+                         ids=["bermo", "bert"])
+def test_out_of_range_block_sparse_indices_are_refused_by_every_loader(tmp_path, cls):
+    """transformers' from_pretrained writes the tensors directly (no _load_from_state_dict): a column index out
+    of range loaded silently there, and a compiled forward (which skips the eager check) read outside x. The
+    plain-BERT path of load_compressed raised torch's RuntimeError instead of CompressedCheckpointError."""
+    _, path = _block_sparse_checkpoint(tmp_path, cls, "m")
+    p = "bert.encoder.layer.0.intermediate.dense."
+
+    def damage(state):
+        cols = state[p + "col_indices"].clone()
+        cols[0] = 10 ** 6
+        state[p + "col_indices"] = cols
+
+    _edit_state(path, damage)
+    with pytest.raises(ckpt.CompressedCheckpointError, match="col_indices must lie in"):
+        load_compressed(path)
+    if cls is BermoForSequenceClassification:
+        with pytest.raises(ckpt.CompressedCheckpointError, match="indices are damaged.*col_indices must lie in"):
+            BermoForSequenceClassification.from_pretrained(path)
+
+
 @pytest.mark.parametrize("edit,match", [
     (lambda c: c.update(compressed_layout="yes"), "compressed_layout must be a mapping"),
     (lambda c: c.update(pruned_heads=[[1, 0]]), "pruned_heads must map layer indices"),

@@ -455,9 +455,9 @@ def check_output_dir(args: argparse.Namespace) -> List[str]:
                     f"--{k.replace('_', '-')} {before[k]!r} (now {getattr(args, k, None)!r})" for k in changed))
             if "replicas" in before and before["replicas"] != replicas():
                 raise CommandError(f"--resume: the run in {out} was started on {before['replicas']} data-parallel "
-                                   f"replicas (processes x GPUs each) and this is {replicas()}: the batch per step, "
-                                   "so the planned steps and the pruning and learning-rate schedules, would change "
-                                   "mid-run; resume it with as many processes")
+                                   f"replicas (processes x GPUs each) and this is {replicas()}: the batch per step "
+                                   "(and, with --epochs, the planned steps and the pruning and learning-rate "
+                                   "schedules) would change mid-run; resume it with as many processes")
         return []
     if not found:
         return []

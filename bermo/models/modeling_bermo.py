@@ -84,7 +84,16 @@ class BermoPreTrainedModel(BertPreTrainedModel):
     def _load_pretrained_model(model, state_dict, checkpoint_files, *args, **kwargs):
         from ..pruning.compressed_checkpoint import check_checkpoint
         check_checkpoint(model, state_dict=state_dict, checkpoint_files=checkpoint_files)
-        return BertPreTrainedModel._load_pretrained_model(model, state_dict, checkpoint_files, *args, **kwargs)
+        loaded = BertPreTrainedModel._load_pretrained_model(model, state_dict, checkpoint_files, *args, **kwargs)
+        if getattr(model.config, "compressed_layout", None):
+            # transformers writes the tensors directly (no _load_from_state_dict): check the block-sparse layers'
+            # counts and indices here, or damaged ones would load silently and a compiled forward skips the check.
+            from ..pruning.compressed_checkpoint import check_layout_loaded
+            from ..pruning.compression import _base_model
+            base = _base_model(model)[0]
+            if base is not None:
+                check_layout_loaded(base)  # (indices still on the meta device cannot be read: left to the forward)
+        return loaded
 
     def load_state_dict(self, state_dict, strict: bool = True, *args, **kwargs):
         from ..pruning.compressed_checkpoint import check_checkpoint

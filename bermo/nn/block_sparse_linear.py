@@ -197,9 +197,11 @@ class BlockSparseLinear(nn.Module):
         n_errors = len(error_msgs)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        # Check what was loaded now, not only at the next eager call: a compiled forward skips the check.
-        if len(error_msgs) == n_errors and not (self.crow_indices.is_meta or self.col_indices.is_meta):
+        # Check what was loaded now, not only at the next eager call: a compiled forward skips the check. Only
+        # when this state_dict brought indices (a partial load into a to_empty layer leaves them to a later one).
+        brought = (prefix + "crow_indices") in state_dict or ckey in state_dict
+        if brought and len(error_msgs) == n_errors and not (self.crow_indices.is_meta or self.col_indices.is_meta):
             try:
                 self._check_indices()
             except ValueError as e:
-                error_msgs.append(f"{prefix}: {e}" if prefix else str(e))
+                error_msgs.append(f"{prefix[:-1]}: {e}" if prefix else str(e))

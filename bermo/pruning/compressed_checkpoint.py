@@ -550,7 +550,10 @@ def _load_plain(cls, config, path: str, dtype: torch.dtype) -> nn.Module:
         if not any(k in model.state_dict() for k in state) and any(k.startswith(head) for k in state):
             state = {k[len(head):]: v for k, v in state.items() if k.startswith(head)}  # a task checkpoint
     check_checkpoint(model, state_dict=state)
-    result = nn.Module.load_state_dict(model, state, strict=False)
+    try:
+        result = nn.Module.load_state_dict(model, state, strict=False)
+    except RuntimeError as err:  # e.g. block-sparse indices out of range (checked as they load)
+        raise CompressedCheckpointError(f"load_compressed: the checkpoint at {path} does not load: {err}") from None
     _check_loaded(model, cls, path, result.missing_keys, result.unexpected_keys, ())
     if hasattr(model, "tie_weights"):
         model.tie_weights()
