@@ -90,3 +90,31 @@ def test_a_lock_left_by_a_killed_build_is_removed(monkeypatch, tmp_path, capsys)
         cpu_extension.extension.cache_clear()
     assert seen == [False]
     assert "left by a build of the C++ kernels that was stopped midway" in capsys.readouterr().err
+
+
+def test_a_lock_held_by_a_running_build_is_kept(tmp_path):
+    """The leftover lock goes only when no process holds bermo's flock: while a build holds it (here another open
+    file of this process, which flock treats alike), the caller waits and torch's lock stays."""
+    fcntl = pytest.importorskip("fcntl")
+    import threading
+    import time
+
+    from bermo.kernels import cpu_extension
+
+    (tmp_path / "lock").write_text("")
+    holder = open(tmp_path / "bermo.lock", "a")
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    entered = threading.Event()
+
+    def build():
+        with cpu_extension._build_lock(str(tmp_path)):
+            entered.set()
+
+    thread = threading.Thread(target=build)
+    thread.start()
+    time.sleep(0.5)
+    assert not entered.is_set() and (tmp_path / "lock").exists()  # waiting; the running build's lock kept
+    fcntl.flock(holder, fcntl.LOCK_UN)
+    holder.close()
+    thread.join(10)
+    assert entered.is_set() and not (tmp_path / "lock").exists()
