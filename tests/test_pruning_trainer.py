@@ -327,3 +327,25 @@ def test_bad_trainer_setups(tmp_path):
     with pytest.raises(ValueError, match="the masks keep no weight at the start of training"):
         trainer.train()
     assert trainer.state.global_step == 0
+
+
+def test_which_classifiers_get_their_loss_scaled_as_a_mean():
+    """BERT-family classifiers compute a per-batch mean although their forward takes **kwargs; classifiers
+    whose loss goes through self.loss_function (normalised by num_items_in_batch) keep the Trainer's decision."""
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig, LlamaForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
+
+    from bermo.pruning.trainer import _scale_per_batch_mean_loss
+
+    def decided(model):
+        trainer = SimpleNamespace(model=model, accelerator=SimpleNamespace(unwrap_model=lambda m: m),
+                                  model_accepts_loss_kwargs=True)
+        _scale_per_batch_mean_loss(trainer)
+        return trainer.model_accepts_loss_kwargs
+
+    small = dict(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    assert decided(bert()) is False
+    assert decided(RobertaForSequenceClassification(RobertaConfig(**small))) is False
+    assert decided(LlamaForSequenceClassification(LlamaConfig(**small, pad_token_id=0))) is True
+    assert decided(bermo()) is True  # says accepts_loss_kwargs = False itself: the Trainer already reads it

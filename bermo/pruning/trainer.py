@@ -41,6 +41,7 @@ Needs ``accelerate`` (as the HF Trainer does): ``pip install "bermo[train]"``.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import numbers
@@ -409,16 +410,23 @@ class PruningMixin:
 
 
 def _scale_per_batch_mean_loss(trainer: Trainer) -> None:
-    """Make ``trainer`` scale the loss of a ``transformers`` BERT sequence classifier as a per-batch mean (divided
-    by the gradient accumulation steps, not multiplied by the number of processes). Its forward takes
-    ``**kwargs``, so the Trainer assumes a loss normalised by ``num_items_in_batch``; but the loss is
-    ``CrossEntropyLoss()`` / ``MSELoss()`` / ``BCEWithLogitsLoss()``, a mean that ignores it (transformers 5), and
-    loss and gradients came out that many times too large. A model that says ``accepts_loss_kwargs`` itself, and
-    other models (some classifiers do normalise by ``num_items_in_batch``), keep the Trainer's decision."""
-    from transformers import BertForSequenceClassification
-
+    """Make ``trainer`` scale a per-batch-mean loss as one (divided by the gradient accumulation steps, not
+    multiplied by the number of processes) for ``transformers``' own sequence classifiers that compute it so:
+    their forward takes ``**kwargs``, so the Trainer assumes a loss normalised by ``num_items_in_batch``, but
+    BERT's, RoBERTa's, DistilBERT's, ELECTRA's... loss is ``CrossEntropyLoss()`` / ``MSELoss()`` /
+    ``BCEWithLogitsLoss()``, a mean that ignores it (transformers 5), and loss and gradients came out that many
+    times too large. Those are told apart from the classifiers that do normalise (through ``self.loss_function``)
+    by their forward's source. A model that says ``accepts_loss_kwargs`` itself keeps the Trainer's decision."""
     model = trainer.accelerator.unwrap_model(trainer.model)
-    if isinstance(model, BertForSequenceClassification) and not hasattr(model, "accepts_loss_kwargs"):
+    cls = type(model)
+    if hasattr(model, "accepts_loss_kwargs") or not cls.__module__.startswith("transformers.") \
+            or not cls.__name__.endswith("ForSequenceClassification"):
+        return
+    try:
+        source = inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return
+    if "loss_function" not in source:
         trainer.model_accepts_loss_kwargs = False
 
 
