@@ -29,7 +29,8 @@ kept-tiles-only Triton weight gradient (slower than cuBLAS + epilogue at every d
 run timed L2 eviction hints (activation loads evict_last, output stores evict_first: 3-6% faster on the FFN
 shapes, since adopted).
 
-Each result is checked against the float32 product (max relative error under 6e-3: 1.5x one bf16 rounding) before it is timed.
+Each result is checked against the float32 product (max relative error under 1e-2: some candidates round twice, the
+product then the bias, 2 x 2**-8) before it is timed; the package's kernels meet the benchmarks' 6e-3.
 """
 from __future__ import annotations
 
@@ -90,7 +91,7 @@ def case(N, K, density, T, seed=0):
 
 def check(got, want, what):
     err = ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
-    if not err < 6e-3:
+    if not err < 1e-2:
         raise SystemExit(f"PARITY {what}: max rel error {err:.3e}")
     return err
 
