@@ -568,3 +568,12 @@ def test_initial_scores_by_method(method, extra, want):
                                       method, *extra])
     config, _ = pruning_config(args, 100, None, None)
     assert config.prepare_options.get("scores_init") == want
+
+
+def test_commands_other_than_train_run_on_the_first_process_only(tiny, tmp_path, monkeypatch, capsys):
+    """Under torchrun every rank ran `bermo eval` / `probe` in full, printed it and wrote the same files at once;
+    only train is distributed. The others' processes past the first stop at once."""
+    monkeypatch.setenv("RANK", "1")
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", tiny["model"], "--validation-file", tiny["dev"], "--output", str(out)]) == 0
+    assert not out.exists() and "leaves it to process 0" in capsys.readouterr().err

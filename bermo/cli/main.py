@@ -4,6 +4,10 @@
 Each subcommand lives in a module of its own (``bermo.cli.train``, ``.evaluate``, ``.probe``) with
 ``add_arguments(parser)`` and ``run(args)``; bad input raises ``CommandError``, printed here as
 ``bermo <command>: error: <message>`` with exit status 2 before any work starts.
+
+``bermo train`` runs on several processes (``torchrun``); the other commands run on one: launched as several,
+the first process (``RANK`` 0) does the work and the others stop at once (each did all of it, printed it and wrote
+the same files at the same moment).
 """
 from __future__ import annotations
 
@@ -40,6 +44,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    rank = int(os.environ.get("RANK", "0") or 0)
+    if args.command != "train" and rank > 0:
+        print(f"bermo {args.command}: runs on one process; process {rank} leaves it to process 0", file=sys.stderr)
+        return 0
     try:
         args.handler(args)
     except CommandError as err:
