@@ -188,9 +188,14 @@ def compile_configurations():
                                "EVEN": "constexpr", "IEEE": "constexpr", "DOT_F32": "constexpr", "BM": "constexpr",
                                "BN": "constexpr", "BK": "constexpr"}
                         bm, warps, stages = BM, _warps(BM, bn), STAGES
-                        yield (f"block_sparse_linear {t} BLOCK_R={bm} BLOCK_C={bn} BK={bk} warps={warps} "
-                               f"bias={has_bias} aligned={even}",
-                               bsr_linear_kernel, sig,
-                               {"HAS_BIAS": has_bias, "EVEN": even, "IEEE": dtype == torch.float32,
-                                "DOT_F32": False, "BM": bm, "BN": bn, "BK": bk},
-                               ["N", "K", "bo", "bi"] if even else ["N", "K"], warps, stages)
+                        constexprs = {"HAS_BIAS": has_bias, "EVEN": even, "IEEE": dtype == torch.float32,
+                                      "DOT_F32": False, "BM": bm, "BN": bn, "BK": bk}
+                        label = (f"block_sparse_linear {t} BLOCK_R={bm} BLOCK_C={bn} BK={bk} warps={warps} "
+                                 f"bias={has_bias} aligned={even}")
+                        div16 = ["N", "K", "bo", "bi"] if even else ["N", "K"]
+                        yield label, bsr_linear_kernel, sig, constexprs, div16, warps, stages
+                        if even and bn == bk:
+                            # Square blocks of one tile side (16/32/64: the common case) launch with n_sub == 1,
+                            # which Triton specialises into a constant at run time: compile that variant too.
+                            yield (label + " n_sub=1", bsr_linear_kernel, dict(sig, n_sub="constexpr"),
+                                   dict(constexprs, n_sub=1), div16, warps, stages)
