@@ -18,8 +18,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (add_output_args, environment, markdown_table, output_dir, steady_state_malloc,  # noqa: E402
-                    time_interleaved, write_results)
+from common import (add_output_args, environment, markdown_table, output_dir, parse_args,  # noqa: E402
+                    steady_state_malloc, time_interleaved, write_results)
 
 from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 
@@ -51,8 +51,7 @@ def main(argv=None) -> int:
                         help="timed repetitions per model and mode (default 15 CPU, 30 GPU)")
     parser.add_argument("--quick", action="store_true", help="tiny model, few repetitions (smoke test)")
     add_output_args(parser)
-    args = parser.parse_args(argv)
-    output_dir(args)  # --record with --quick is refused now, not after the run
+    args = parse_args(parser, argv)
     device = torch.device(args.device)
     if args.quick:
         shape, B, T, reps = "tiny", 4, 16, args.reps or 5

@@ -27,7 +27,7 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (add_output_args, capture_graph, copy_bandwidth_gbs, environment, markdown_table,  # noqa: E402
-                    output_dir, per_call, time_interleaved, write_results)
+                    output_dir, parse_args, per_call, time_interleaved, write_results)
 
 from bermo.nn import BlockSparseLinear  # noqa: E402
 
@@ -110,8 +110,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--reps", type=int, default=30)
     add_output_args(parser)
-    args = parser.parse_args(argv)
-    output_dir(args)  # --record with --quick is refused now, not after the run
+    args = parse_args(parser, argv)
     if not torch.cuda.is_available():
         print("needs a CUDA GPU (the CPU numbers are in benchmarks/pruned_throughput.py)", file=sys.stderr)
         return 2

@@ -27,6 +27,14 @@ def add_output_args(parser) -> None:
     parser.add_argument("--no-save", action="store_true", help="print the table only")
 
 
+def parse_args(parser, argv=None):
+    """``parser.parse_args(argv)``, with the output options checked at once (``--record --quick`` is refused
+    before the run, not after it)."""
+    args = parser.parse_args(argv)
+    output_dir(args)
+    return args
+
+
 def output_dir(args) -> str:
     """Where a run writes: --out if given, benchmarks/results with --record (a full run only), else runs/."""
     if args.out:

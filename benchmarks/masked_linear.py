@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (GRAPH_CALLS, add_output_args, environment, markdown_table, output_dir,  # noqa: E402
+from common import (GRAPH_CALLS, add_output_args, environment, markdown_table, output_dir, parse_args,  # noqa: E402
                     per_call, steady_state_malloc, time_interleaved, write_results)
 
 import bermo.ops.masked_linear  # noqa: E402,F401
@@ -202,8 +202,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-graphs", action="store_true",
                         help="GPU: skip the CUDA-graph timing (by default each provider is timed both ways)")
     add_output_args(parser)
-    args = parser.parse_args(argv)
-    output_dir(args)  # --record with --quick is refused now, not after the run
+    args = parse_args(parser, argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     graphs = gpu and not args.no_graphs

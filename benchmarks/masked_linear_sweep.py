@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (add_output_args, capture_graph, environment, markdown_table, output_dir,  # noqa: E402
+from common import (add_output_args, capture_graph, environment, markdown_table, output_dir, parse_args,  # noqa: E402
                     write_results)
 
 from bermo.kernels import block_sparse_linear_triton as bst  # noqa: E402
@@ -145,8 +145,7 @@ def main():
     parser.add_argument("--experiments", action="store_true",
                         help="time the candidate forward kernels of masked_linear_experiments.py too")
     add_output_args(parser)
-    args = parser.parse_args()
-    output_dir(args)  # --record with --quick is refused now, not after the run
+    args = parse_args(parser)
     if DEV == "cuda" and not torch.cuda.is_available():
         raise SystemExit("masked_linear_sweep: needs a GPU")
     torch.manual_seed(0)

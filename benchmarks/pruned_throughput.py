@@ -39,8 +39,8 @@ import torch.nn as nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the MiniLM is a local folder: never reach for the hub
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (add_output_args, environment, markdown_table, output_dir, steady_state_malloc,  # noqa: E402
-                    time_interleaved, write_results)
+from common import (add_output_args, environment, markdown_table, output_dir, parse_args,  # noqa: E402
+                    steady_state_malloc, time_interleaved, write_results)
 
 from bermo.nn import BlockSparseLinear, MaskedLinear  # noqa: E402
 from bermo.pruning.compression import padded_width  # noqa: E402
@@ -312,8 +312,7 @@ def main(argv=None) -> int:
     parser.add_argument("--densities", nargs="+", type=float, default=DENSITIES, help="kept fractions")
     parser.add_argument("--blocks", nargs="+", default=BLOCKS, choices=BLOCKS, help="block sides, or whole rows")
     add_output_args(parser)
-    args = parser.parse_args(argv)
-    output_dir(args)  # --record with --quick is refused now, not after the run
+    args = parse_args(parser, argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     if not gpu:

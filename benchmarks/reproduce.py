@@ -36,7 +36,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from common import RESULTS_DIR, add_output_args, output_dir
+from common import RESULTS_DIR, add_output_args, output_dir, parse_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(ROOT, "..", "shared", "data")
@@ -556,8 +556,7 @@ def main() -> None:
     parser.add_argument("--work-dir", help="run folders and models (default benchmarks/runs/reproduce-work[-quick])")
     parser.add_argument("--fresh", action="store_true", help="delete the work dir first (default: reuse finished runs)")
     add_output_args(parser)
-    args = parser.parse_args()
-    output_dir(args)  # --record with --quick is refused now, not after the run
+    args = parse_args(parser)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -29,8 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (add_output_args, copy_bandwidth_gbs, environment, markdown_table, output_dir,  # noqa: E402
-                    steady_state_malloc,
-                    time_interleaved, write_results)
+                    parse_args, steady_state_malloc, time_interleaved, write_results)
 
 from bermo import ScalarMix  # noqa: E402
 
@@ -236,8 +235,7 @@ def main(argv=None) -> int:
                         help="benchmark the layer-normed mix (AllenNLP's do_layer_norm=True) instead")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc defaults (CPU runs then include random page-fault noise)")
-    args = parser.parse_args(argv)
-    output_dir(args)  # --record with --quick is refused now, not after the run
+    args = parse_args(parser, argv)
     device = torch.device(args.device)
     steady = device.type == "cpu" and not args.default_malloc and steady_state_malloc()
     if args.quick:
@@ -269,10 +267,12 @@ def main(argv=None) -> int:
     print(COLUMN_NOTES)
     # Parity: bermo's error against float64 within its dtype's tolerance (AllenNLP's eager error is in the table
     # for comparison). The gate runs first: a failing run writes no result files.
-    bad = [r for r in rows if r["provider"] == "bermo" and not r["max_rel_err"] <= PARITY_TOL[getattr(torch, r["dtype"])]]
+    def tolerance(r):
+        return PARITY_TOL[getattr(torch, r["dtype"])]
+    bad = [r for r in rows if r["provider"] == "bermo" and not r["max_rel_err"] <= tolerance(r)]
     for r in bad:
         print(f"PARITY FAILURE: bermo {r['shape']} {r['dtype']} {r['mode']}: max rel err {r['max_rel_err']:.2e} "
-              f"(tolerance {PARITY_TOL[getattr(torch, r['dtype'])]:.0e})", file=sys.stderr)
+              f"(tolerance {tolerance(r):.0e})", file=sys.stderr)
     if not args.no_save and not bad:
         notes = (f"Measured copy bandwidth: {copy_bw:.1f} GB/s. " + COLUMN_NOTES + " "
                  + ("glibc malloc in steady state (no trimming/mmap) for every provider." if steady else ""))

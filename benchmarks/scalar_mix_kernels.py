@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (add_output_args, copy_bandwidth_gbs, environment, markdown_table, output_dir,  # noqa: E402
-                    time_fn, write_results)
+                    parse_args, time_fn, write_results)
 
 
 def _timer(device):
@@ -196,8 +196,7 @@ def main(argv=None) -> int:
                         help="also print where the host time of a ScalarMix call goes (cProfile)")
     parser.add_argument("--tune", action="store_true",
                         help="also sweep tile sizes and warps of the forward and backward kernels")
-    args = parser.parse_args(argv)
-    output_dir(args)  # --record with --quick is refused now, not after the run
+    args = parse_args(parser, argv)
     device = torch.device(args.device)
     if device.type == "cpu" and not args.quick:
         print("scalar_mix_kernels: times Triton kernels on a GPU; without one only --quick runs (interpreted)")

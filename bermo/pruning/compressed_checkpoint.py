@@ -512,10 +512,10 @@ def load_compressed(path, model_class=None, dtype: Optional[torch.dtype] = None,
         model, info = cls.from_pretrained(path, config=config, dtype=dtype, output_loading_info=True)
         _check_loaded(model, cls, path, info.get("missing_keys", ()), info.get("unexpected_keys", ()),
                       [m[0] if isinstance(m, (tuple, list)) else m for m in info.get("mismatched_keys", ())])
-    else:
+    else:  # (BERMo's from_pretrained checks the block-sparse layers itself: modeling_bermo)
         model = _load_plain(cls, config, path, dtype)
-    from .compression import _base_model
-    check_layout_loaded(_base_model(model)[0])
+        from .compression import _base_model
+        check_layout_loaded(_base_model(model)[0])
     if device is not None:
         model = model.to(device)
     return model.eval()
