@@ -336,12 +336,12 @@ def test_which_classifiers_get_their_loss_scaled_as_a_mean():
 
     from transformers import LlamaConfig, LlamaForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
 
-    from bermo.pruning.trainer import _scale_per_batch_mean_loss
+    from bermo.pruning.trainer import scale_per_batch_mean_loss
 
     def decided(model):
         trainer = SimpleNamespace(model=model, accelerator=SimpleNamespace(unwrap_model=lambda m: m),
                                   model_accepts_loss_kwargs=True)
-        _scale_per_batch_mean_loss(trainer)
+        scale_per_batch_mean_loss(trainer)
         return trainer.model_accepts_loss_kwargs
 
     small = dict(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)

@@ -321,12 +321,7 @@ def load_model(args: argparse.Namespace, config, num_labels: int, label_names):
     labels = {"num_labels": num_labels, "id2label": dict(enumerate(label_names)),
               "label2id": {name: i for i, name in enumerate(label_names)}}
     if args.arch == "bert":
-        model = BertForSequenceClassification.from_pretrained(args.model, **labels)
-        # Its loss is a per-batch mean although its forward takes **kwargs: without this the plain Trainer took it
-        # as normalised by num_items_in_batch, and the loss and gradients were processes (or gradient accumulation
-        # steps) times too large (BERMo's classifier says the same in its class).
-        model.accepts_loss_kwargs = False
-        return model
+        return BertForSequenceClassification.from_pretrained(args.model, **labels)
     extra: Dict[str, Any] = {}
     if args.mix_layer_norm:
         extra["mix_layer_norm"] = True
@@ -573,6 +568,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                               compute_metrics=metrics_function(data.num_labels), callbacks=[curve], **extra)
     except ValueError as err:
         raise CommandError(f"pruning options: {err}") from err
+    # BERT's loss is a per-batch mean although its forward takes **kwargs: the plain Trainer took it as normalised
+    # by num_items_in_batch, and loss and gradients were processes (or accumulation steps) times too large
+    from ..pruning.trainer import scale_per_batch_mean_loss
+    scale_per_batch_mean_loss(trainer)  # (the pruning trainers do it themselves; it is idempotent)
     ignore = ["mixing_weights", "hidden_states", "attentions"]
     if not resume:  # every input read and checked: only now is a replaced run deleted
         clear_previous_run(doomed)

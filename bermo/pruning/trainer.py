@@ -25,7 +25,7 @@ The penalty and distillation terms are per-batch means, scaled like the Trainer'
 the model's loss as normalised over the whole accumulated batch (a model that accepts ``num_items_in_batch``) it
 does not divide by the gradient accumulation steps, so these terms are divided here. transformers' BERT sequence
 classifier accepts ``**kwargs`` yet returns a per-batch mean: the pruning trainers scale its loss as a mean
-(``_scale_per_batch_mean_loss``); in a plain Trainer it is gradient accumulation steps (or processes) times too
+(``scale_per_batch_mean_loss``); in a plain Trainer it is gradient accumulation steps (or processes) times too
 large. BERMo's classifier says ``accepts_loss_kwargs = False``.
 
 Distillation follows the student's ``config.problem_type`` (else the teacher's; else regression for one output,
@@ -276,7 +276,7 @@ class PruningMixin:
         self._pruning_sums: Dict[str, torch.Tensor] = {}
         self._pruning_counts: Dict[str, int] = {}
         super().__init__(model, args, *more, **kwargs)
-        _scale_per_batch_mean_loss(self)
+        scale_per_batch_mean_loss(self)
         self._optimizer_given = self.optimizer is not None
         if pruning.teacher is not None:
             pruning.teacher.to(self.args.device).eval().requires_grad_(False)
@@ -409,7 +409,7 @@ class PruningMixin:
         super().log(logs, *args, **kwargs)
 
 
-def _scale_per_batch_mean_loss(trainer: Trainer) -> None:
+def scale_per_batch_mean_loss(trainer: Trainer) -> None:
     """Make ``trainer`` scale a per-batch-mean loss as one (divided by the gradient accumulation steps, not
     multiplied by the number of processes) for ``transformers``' own sequence classifiers that compute it so:
     their forward takes ``**kwargs``, so the Trainer assumes a loss normalised by ``num_items_in_batch``, but
