@@ -40,7 +40,7 @@ import torch.nn as nn
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the MiniLM is a local folder: never reach for the hub
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (add_output_args, environment, markdown_table, output_dir, parse_args,  # noqa: E402
-                    steady_state_malloc, time_interleaved, write_results)
+                    slug, steady_state_malloc, time_interleaved, write_results)
 
 from bermo.nn import BlockSparseLinear, MaskedLinear  # noqa: E402
 from bermo.pruning.compression import padded_width  # noqa: E402
@@ -363,7 +363,7 @@ def main(argv=None) -> int:
     if not args.no_save and not bad:
         folder = output_dir(args)
         name = "pruned_throughput" + ("_quick" if args.quick else "")
-        png = f"{name}_{env['device']}.png"
+        png = f"{name}_{env['device']}-{slug(env['device_name'])}.png"  # per card, like the tables
         notes = __doc__.split("\n\n", 1)[1].strip() + f"\n\n![speedup against density]({png})"
         for path in write_results(name, env, rows, table, folder, notes):
             print(f"wrote {path}")

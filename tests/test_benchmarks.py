@@ -32,6 +32,22 @@ def test_scalar_mix_benchmark_quick(tmp_path, layer_norm):
 
 
 @pytest.mark.slow
+def test_scalar_mix_kernels_benchmark_quick(tmp_path):
+    """The kernels-alone benchmark (its GPU timer captures CUDA graphs; here the interpreter runs the same
+    launchers on the CPU timer): every kernel in both access variants, the host overhead line, the result files."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "scalar_mix_kernels.py"), "--quick",
+                           "--device", "cpu", "--dtypes", "float32", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Host overhead of one ScalarMix(13) call" in proc.stdout
+    (result,) = [f for f in os.listdir(tmp_path) if f.endswith(".json")]
+    rows = json.loads((tmp_path / result).read_text())["rows"]
+    assert {(r["kernel"], r["access"]) for r in rows} == {
+        (k, a) for k in ("forward", "backward", "ln_stats", "ln_backward") for a in ("vector", "unaligned")}
+    assert all(r["us"] > 0 and r["bytes"] > 0 for r in rows)
+
+
+@pytest.mark.slow
 def test_bermo_overhead_benchmark_quick(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bermo_overhead.py"), "--quick",
                            "--device", "cpu", "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)

@@ -146,7 +146,7 @@ def test_zero_features(backend, device, N, K):
     gen = torch.Generator().manual_seed(N + K)
     w, b = torch.randn(N, K, generator=gen), torch.randn(N, generator=gen)
     layer = BlockSparseLinear.from_dense(w, b, (32, 32), backend=backend).to(device)
-    x = torch.randn(3, 5, K, generator=gen, device=device, requires_grad=True)
+    x = torch.randn(3, 5, K, generator=gen).to(device).requires_grad_()
     y = layer(x)
     torch.testing.assert_close(y.detach().cpu(), b.expand(3, 5, N))
     y.sum().backward()
