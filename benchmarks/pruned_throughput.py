@@ -21,7 +21,10 @@ the masked model's (the run fails outside float tolerance), tokens/s against the
   sentences: the first 256 of ``../shared/data/rotten_tomatoes/validation.tsv`` in batches of 32, each padded
   to its longest sentence; tokens/s counts the real (unpadded) tokens. ``--no-minilm`` skips it.
 Columns: tokens/s, max abs error of the compressed model against the masked one (logits and the last hidden
-state at real tokens) and that error relative to the largest masked output.
+state at real tokens) and that error relative to the largest masked output. On a GPU the BERT-base-shaped models
+are timed twice (``timing``): called from Python (``call``: host-bound at these sizes, each Triton launch costing
+~100 us of host time on the lent VMs) and replayed from a CUDA graph of 20 calls (``graph``: the device work, as
+``torch.compile(mode="reduce-overhead")`` runs it), each compared with the dense model timed the same way.
 
 Both parts write a table (stdout, and rows to the results folder) and a PNG of speedup against density: per
 provider and block for the layers, per model for the whole models.
@@ -39,8 +42,8 @@ import torch.nn as nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the MiniLM is a local folder: never reach for the hub
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (add_output_args, environment, markdown_table, output_dir, parse_args,  # noqa: E402
-                    slug, steady_state_malloc, time_interleaved, write_results)
+from common import (add_output_args, capture_graph, environment, markdown_table,  # noqa: E402
+                    output_dir, parse_args, per_call, slug, steady_state_malloc, time_interleaved, write_results)
 
 from bermo.nn import BlockSparseLinear, MaskedLinear  # noqa: E402
 from bermo.pruning.compression import padded_width  # noqa: E402
@@ -162,11 +165,42 @@ def model_rows(densities, B, T, dtype, device, reps, quick):
         checks[f"compressed {d}"] = prune_and_compress(m, d, (32, 32) if not quick else (16, 16),
                                                        [{"input_ids": ids}])
         models[f"compressed {d}"] = m.eval()
-    cases = {name: (lambda m=m: m(ids).logits, None) for name, m in models.items()}
+    calls = {name: (lambda m=m: m(ids).logits) for name, m in models.items()}
+    cases = {name: (fn, None) for name, fn in calls.items()}
     with torch.no_grad():
+        if device.type == "cuda":
+            cases.update(graph_cases(calls))
         timings = time_interleaved(cases, device, reps=reps, desc="whole model")
+    timings = {k: per_call(v) if k.endswith(GRAPH) else v for k, v in timings.items()}
     shape = f"BERT-base B={B} T={T}" if not quick else f"tiny B={B} T={T}"
     return model_table("model", shape, "32" if not quick else "16", models, timings, checks, B * T)
+
+
+GRAPH = " (graph)"
+
+
+def graph_cases(calls):
+    """On a GPU, each whole-model call also captured ``GRAPH_CALLS`` times in one CUDA graph (what
+    ``torch.compile(mode="reduce-overhead")`` runs): ``{name + GRAPH: (replay, None)}``, timed per replay and divided
+    among the calls. Eager calls of BERT-base at 32 x 128 tokens are host-bound on the lent GPUs' VMs (each Triton
+    launch ~100 us of host time), so the graph rows are where a compressed model's device speed shows. A model
+    that cannot be captured, or whose replayed logits differ from its eager ones, is reported and left out."""
+    out = {}
+    for name, fn in calls.items():
+        try:
+            want = fn().float()
+            graph, got = capture_graph(fn)
+        except Exception as exc:
+            torch.cuda.synchronize()
+            print(f"whole model {name}: no CUDA graph ({type(exc).__name__}: {exc})", file=sys.stderr)
+            continue
+        diff = ((got.float() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+        if not diff <= 1e-2:
+            print(f"whole model {name}: the graph's logits differ from the eager call's by {diff:.1e}: left out",
+                  file=sys.stderr)
+            continue
+        out[name + GRAPH] = (graph.replay, None)
+    return out
 
 
 def model_outputs(model, batches):
@@ -187,12 +221,19 @@ def compare(got, want):
 
 
 def model_table(part, shape, block, models, timings, checks, tokens):
+    """Rows of the whole-model part; ``timings`` keys are the model names, plus ``name + GRAPH`` for CUDA-graph
+    replays (compared with the dense model's replay; a ``timing`` column tells them apart)."""
     rows = []
-    for name, t in timings.items():
+    graphs = any(k.endswith(GRAPH) for k in timings)
+    for key, t in timings.items():
+        graph = key.endswith(GRAPH)
+        name = key[:-len(GRAPH)] if graph else key
+        dense = timings.get("dense" + GRAPH if graph else "dense")
         params = sum(p.numel() for p in models[name].parameters())
         rows.append({"part": part, "shape": shape, "block": block,
-                     "density": 1.0 if name == "dense" else float(name.split()[-1]), "provider": name, **t,
-                     "x_dense": timings["dense"]["median_ms"] / t["median_ms"],
+                     "density": 1.0 if name == "dense" else float(name.split()[-1]), "provider": name,
+                     **({"timing": "graph" if graph else "call"} if graphs else {}), **t,
+                     "x_dense": dense["median_ms"] / t["median_ms"] if dense else None,
                      "tokens_per_s": tokens / (t["median_ms"] * 1e-3), "params_m": params / 1e6,
                      **checks.get(name, {})})
     return rows
@@ -271,10 +312,11 @@ def plot(rows, path):
         ax.set_title(shape)
     if whole:
         ax = axes[0][-1]
-        for part, shape in sorted({(r["part"], r["shape"]) for r in whole}):
-            pts = sorted((r["density"], r["x_dense"]) for r in whole if r["shape"] == shape)
+        for part, shape, timing in sorted({(r["part"], r["shape"], r.get("timing", "call")) for r in whole}):
+            pts = sorted((r["density"], r["x_dense"]) for r in whole if r["shape"] == shape
+                         and r.get("timing", "call") == timing and r["x_dense"] is not None)
             label = (f"BERMo {shape}, random weights" if part == "model" else
-                     "MiniLM-L6 pretrained, real sentences")
+                     "MiniLM-L6 pretrained, real sentences") + (", CUDA graphs" if timing == "graph" else "")
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
         ax.set_ylabel("tokens/s over the dense model")
         ax.set_title("whole models, pruned by magnitude and compressed")
@@ -290,8 +332,9 @@ def plot(rows, path):
 
 
 COLUMNS = [("part", "part", ""), ("shape", "shape", ""), ("block", "block", ""), ("density", "density", ""),
-           ("provider", "provider", ""), ("median ms", "median_ms", "{:.3f}"), ("p20 ms", "p20_ms", "{:.3f}"),
-           ("p80 ms", "p80_ms", "{:.3f}"), ("x dense", "x_dense", "{:.2f}x"), ("kept GFLOP/s", "gflops", "{:.1f}"),
+           ("provider", "provider", ""), ("timing", "timing", ""), ("median ms", "median_ms", "{:.3f}"),
+           ("p20 ms", "p20_ms", "{:.3f}"), ("p80 ms", "p80_ms", "{:.3f}"), ("x dense", "x_dense", "{:.2f}x"),
+           ("kept GFLOP/s", "gflops", "{:.1f}"),
            ("tokens/s", "tokens_per_s", "{:.0f}"), ("params (M)", "params_m", "{:.1f}"),
            ("max abs err vs masked", "max_abs_err", "{:.1e}"), ("max rel err vs masked", "max_rel_err", "{:.1e}")]
 

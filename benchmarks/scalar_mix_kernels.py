@@ -5,11 +5,11 @@ launchers pick for aligned tensors) against element-by-element access (``unalign
 
 Each kernel is launched through its launcher with prepared arguments and timed on the device alone (20 calls
 captured in a CUDA graph, the median replay over 20, the L2 flushed before each replay), so the host's Python
-overhead, which ``benchmarks/scalar_mix.py`` includes, stays out. Bytes are the minimum each pass moves, N = B*T*H elements:
-forward reads L layers and writes the output, (L+1)N; backward reads the output gradient and L layers and
-writes L layer gradients, (2L+1)N; layer-norm statistics read L layers, LN; layer-norm backward as the
-backward. "% copy" is achieved GB/s over the device's measured copy bandwidth (bytes read + written), the
-floor of a memory-bound pass. The table ends with the host overhead of one ScalarMix call (forward, and
+overhead, which ``benchmarks/scalar_mix.py`` includes, stays out. Bytes are the minimum each pass moves,
+N = B*T*H elements: forward reads L layers and writes the output, (L+1)N; backward reads the output gradient
+and L layers and writes L layer gradients, (2L+1)N; layer-norm statistics read L layers, LN; layer-norm
+backward as the backward. "% copy" is achieved GB/s over the device's measured copy bandwidth (bytes read +
+written), the floor of a memory-bound pass. The table ends with the host overhead of one ScalarMix call (forward, and
 forward + backward) on a tiny input, where the device work is negligible: what a call costs the CPU.
 
 On a machine without a GPU it runs through the Triton interpreter with --quick (a smoke test of the script);
@@ -252,7 +252,8 @@ def main(argv=None) -> int:
         print(tune(device, timer, copy_bw, quick=args.quick))
     if not args.no_save:
         notes = (f"Measured copy bandwidth: {copy_bw:.0f} GB/s. Kernel time alone (median replay of a CUDA graph "
-                 f"of {GRAPH_CALLS} calls over {GRAPH_CALLS}, L2 flushed before each replay). Bytes: forward (L+1)N, backward (2L+1)N, ln_stats LN, ln_backward (2L+1)N elements. "
+                 f"of {GRAPH_CALLS} calls over {GRAPH_CALLS}, L2 flushed before each replay). Bytes: forward "
+                 "(L+1)N, backward (2L+1)N, ln_stats LN, ln_backward (2L+1)N elements. "
                  + lines[0] + ".")
         for row in rows:
             row["copy_bw_gbs"] = copy_bw

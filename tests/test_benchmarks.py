@@ -144,3 +144,44 @@ def test_parity_gate_stops_a_kernel_one_percent_off_and_writes_nothing(tmp_path,
         else:
             assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
             assert [f for f in os.listdir(out) if f.endswith(".json")]
+
+
+def test_whole_model_graph_rows(monkeypatch, capsys):
+    """pruned_throughput's whole-model CUDA-graph rows (written without a GPU: the capture is faked here): each
+    graph row compares with the dense model's graph row, call rows with the dense call; a model whose capture
+    fails, or whose replayed logits differ from its eager call's, is reported and left out."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import torch
+
+    import pruned_throughput as pt
+
+    class FakeGraph:
+        def replay(self):
+            pass
+
+    outputs = {"dense": torch.ones(3), "compressed 0.1": torch.ones(3), "compressed 0.05": torch.ones(3)}
+
+    def fake_capture(fn):
+        out = fn()
+        if out is outputs["compressed 0.05"]:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return FakeGraph(), out * (1.5 if out is outputs["compressed 0.1"] else 1.0)
+
+    monkeypatch.setattr(pt, "capture_graph", fake_capture)
+    monkeypatch.setattr(pt.torch.cuda, "synchronize", lambda *a: None)
+    calls = {name: (lambda t=t: t) for name, t in outputs.items()}
+    cases = pt.graph_cases(calls)
+    assert set(cases) == {"dense" + pt.GRAPH}
+    err = capsys.readouterr().err
+    assert "compressed 0.05: no CUDA graph (RuntimeError" in err and "compressed 0.1: the graph's logits differ" in err
+
+    models = {name: torch.nn.Linear(2, 2) for name in ("dense", "compressed 0.1")}
+    ms = lambda v: {"median_ms": v, "p20_ms": v, "p80_ms": v}  # noqa: E731
+    timings = {"dense": ms(4.0), "compressed 0.1": ms(5.0), "dense" + pt.GRAPH: ms(2.0),
+               "compressed 0.1" + pt.GRAPH: ms(1.0)}
+    rows = pt.model_table("model", "s", "32", models, timings, {"compressed 0.1": {"max_rel_err": 0.0}}, 100)
+    got = {(r["provider"], r["timing"]): (r["density"], r["x_dense"]) for r in rows}
+    assert got == {("dense", "call"): (1.0, 1.0), ("compressed 0.1", "call"): (0.1, 0.8),
+                   ("dense", "graph"): (1.0, 1.0), ("compressed 0.1", "graph"): (0.1, 2.0)}
+    # without graph rows (the CPU) no timing column
+    assert all("timing" not in r for r in pt.model_table("model", "s", "32", models, {"dense": ms(1.0)}, {}, 1))
