@@ -371,6 +371,40 @@ def test_module_rechecks_changed_indices():
         layer(x)
 
 
+def test_module_rechecks_replaced_indices():
+    """New index tensors (an assignment, as a load or ``.to()`` makes) are checked again at the next call, even
+    with the same version counter as the tensors checked before."""
+    w, b, _ = _dense_layer(density=1.0)
+    layer = BlockSparseLinear.from_dense(w, b, (32, 32))
+    x = torch.randn(3, 96)
+    layer(x)
+    bad = layer.col_indices.clone()
+    bad[0] = 7  # (a new tensor, then changed: its version counter is 1, not the old one's 0)
+    layer.col_indices = bad.clone()  # version 0 again, like the tensor checked before
+    assert layer.col_indices._version == 0
+    with pytest.raises(ValueError, match="col_indices must lie in"):
+        layer(x)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"] if HAS_NINJA else ["reference"])
+def test_inference_calls_skip_autograd_and_match(backend):
+    """Without gradients to record (no_grad, or nothing requiring them) a call goes to the kernels' op directly:
+    the same values as a call under autograd, and no graph."""
+    w, b, _ = _dense_layer()
+    layer = BlockSparseLinear.from_dense(w, b, (32, 32), backend=backend)
+    x = torch.randn(2, 5, 96)
+    y = layer(x)
+    assert y.grad_fn is not None and y.shape == (2, 5, w.shape[0])
+    with torch.no_grad():
+        y_nograd = layer(x)
+    layer.requires_grad_(False)
+    y_frozen = layer(x)
+    for got in (y_nograd, y_frozen):
+        assert got.grad_fn is None and not got.requires_grad
+        torch.testing.assert_close(got, y.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(y.detach(), x @ w.T + b, rtol=1e-5, atol=1e-5)
+
+
 def test_module_gradients_reach_values_and_bias():
     w, b, mask = _dense_layer()
     layer = BlockSparseLinear.from_dense(w, b, (32, 32), backend="cpu" if HAS_NINJA else "reference")

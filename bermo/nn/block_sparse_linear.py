@@ -143,10 +143,11 @@ class BlockSparseLinear(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- forward
     def _indices_key(self):
+        """What the last content check saw: the index tensors themselves (compared by identity: ``.to()``, a load
+        or an assignment makes new ones), their version counters (in-place changes) and the number of blocks."""
+        crow, col = self._buffers["crow_indices"], self._buffers["col_indices"]
         try:
-            return (self.crow_indices.data_ptr(), self.crow_indices._version, tuple(self.crow_indices.shape),
-                    self.col_indices.data_ptr(), self.col_indices._version, tuple(self.col_indices.shape),
-                    self.values.shape[0])
+            return (crow, col, crow._version, col._version, self._parameters["values"].shape[0])
         except RuntimeError:  # inference-mode tensors have no version counter: check every time
             return None
 
@@ -154,8 +155,8 @@ class BlockSparseLinear(nn.Module):
         """Check the indices' contents unless they are the ones checked last (same tensors, unchanged)."""
         if torch.compiler.is_compiling():
             return
-        key = self._indices_key()
-        if key is None or key != self._checked:
+        key, last = self._indices_key(), self._checked
+        if key is None or last is None or not (key[0] is last[0] and key[1] is last[1] and key[2:] == last[2:]):
             check_structure(self.crow_indices, self.col_indices, self.values, self.out_features, self.in_features,
                             what=NAME)
             check_indices(self.crow_indices, self.col_indices, self.in_features // self.block_shape[1], what=NAME)

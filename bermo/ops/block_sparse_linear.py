@@ -202,6 +202,16 @@ def _forward_fake(x2d, crow_indices, col_indices, values, bias, out_features, ba
 _ops = CustomOps("block_sparse_linear", {"forward": (_forward, _forward_fake)})
 
 
+def _kernel_forward(x, crow_indices, col_indices, values, bias, out_features, backend):
+    """``(x as a contiguous 2-D tensor, y shaped like x with out_features last)`` through the kernels' custom op."""
+    x2d = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (-1 is ambiguous for 0 features)
+    if not x2d.is_contiguous():
+        x2d = x2d.contiguous()
+    b = x.new_empty(0) if bias is None else bias.contiguous()  # (the kernels read it with unit stride)
+    y = _ops().forward(x2d, crow_indices, col_indices, values.contiguous(), b, out_features, backend)
+    return x2d, y.view(*x.shape[:-1], out_features)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Autograd
 # ----------------------------------------------------------------------------------------------------------
@@ -212,14 +222,10 @@ class BlockSparseLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, crow_indices, col_indices, values, bias, out_features, backend):
-        x2d = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (-1 is ambiguous for 0 features)
-        if not x2d.is_contiguous():
-            x2d = x2d.contiguous()
-        b = x.new_empty(0) if bias is None else bias.contiguous()  # (the kernels read it with unit stride)
-        y = _ops().forward(x2d, crow_indices, col_indices, values.contiguous(), b, out_features, backend)
+        x2d, y = _kernel_forward(x, crow_indices, col_indices, values, bias, out_features, backend)
         ctx.save_for_backward(x2d, crow_indices, col_indices, values)
         ctx.out_features, ctx.x_shape, ctx.has_bias = out_features, x.shape, bias is not None
-        return y.view(*x.shape[:-1], out_features)
+        return y
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -255,6 +261,11 @@ def _dispatch(x, crow_indices, col_indices, values, bias, out_features, in_featu
     name = backends.resolve_no_float64_triton(backend, x, OP_NAME)
     if name == "reference":
         return reference_block_sparse_linear(x, crow_indices, col_indices, values, bias, N, K)
+    if not torch.is_grad_enabled() or not (x.requires_grad or values.requires_grad
+                                           or (bias is not None and bias.requires_grad)):
+        # inference: no graph to record, so the kernels' op directly (the autograd Function's own cost, ~10 us
+        # of host time per call, is most of what an eager call costs beside the launch)
+        return _kernel_forward(x, crow_indices, col_indices, values, bias, N, name)[1]
     return BlockSparseLinearFunction.apply(x, crow_indices, col_indices, values, bias, N, name)
 
 
