@@ -3,14 +3,15 @@ launchers pick for aligned tensors) against element-by-element access (``unalign
 
     python benchmarks/scalar_mix_kernels.py [--quick] [--dtypes bfloat16 float32] [--out DIR] [--no-save]
 
-Each kernel is launched through its launcher with prepared arguments and timed on the device alone (20 calls
-captured in a CUDA graph, the median replay over 20, the L2 flushed before each replay), so the host's Python
-overhead, which ``benchmarks/scalar_mix.py`` includes, stays out. Bytes are the minimum each pass moves,
+Each kernel is launched directly, with the configuration its launcher picks and arguments prepared once (checked
+against the launcher's results first), and timed on the device alone (20 calls captured in a CUDA graph; the median
+of 30 replays, each after an L2 flush, divided by 20), so the host's Python overhead, which
+``benchmarks/scalar_mix.py`` includes, stays out. Bytes are the minimum each pass moves,
 N = B*T*H elements: forward reads L layers and writes the output, (L+1)N; backward reads the output gradient
 and L layers and writes L layer gradients, (2L+1)N; layer-norm statistics read L layers, LN; layer-norm
 backward as the backward. "% copy" is achieved GB/s over the device's measured copy bandwidth (bytes read +
-written), the floor of a memory-bound pass. The table ends with the host overhead of one ScalarMix call (forward, and
-forward + backward) on a tiny input, where the device work is negligible: what a call costs the CPU.
+written), the floor of a memory-bound pass. The table ends with the host overhead of one ScalarMix call (forward,
+and forward + backward) on a tiny input, where the device work is negligible: what a call costs the CPU.
 
 On a machine without a GPU it runs through the Triton interpreter with --quick (a smoke test of the script);
 the numbers then mean nothing.
@@ -32,24 +33,17 @@ from common import (GRAPH_CALLS, add_output_args, capture_graph, copy_bandwidth_
 
 def _timer(device):
     """``timer(fn)``: milliseconds of one ``fn()`` on the device. On a GPU, ``GRAPH_CALLS`` calls captured in one
-    CUDA graph, the replays timed (L2 flushed before each) and divided among the calls: the device work alone.
+    CUDA graph, the median of 30 replays (the L2 flushed before each, so the first call of a replay starts cold,
+    the later ones may find some of their inputs in the L2) divided among the calls: the device work alone.
     (``triton.testing.do_bench``, used before, records its start event, then lets the host launch ``fn``: on a
-    VM whose Triton launch costs ~100 us, more than the flush before it takes on the GPU, the idle wait for the
-    launch was counted: the H200 run of 2026-11-27 read 109 us for a 25 us forward, bf16 as slow as float32.)
-    A call that cannot be captured falls back to ``do_bench``, with a warning."""
+    VM whose Triton launch costs ~100 us, more than the flush before it keeps the GPU busy, the idle wait for the
+    launch was counted: the H200 run of 2026-11-27 read 109 us for a forward whose copy floor is ~21 us, bf16 as
+    slow as float32.) The kernels are launched directly (``kernel_cases``), so every call is capturable."""
     if device.type != "cuda":
         return lambda fn: time_fn(fn, device, reps=3, warmup=1)["median_ms"]
 
     def timer(fn):
-        try:
-            graph, _ = capture_graph(fn)
-        except Exception as exc:  # not capturable: time the calls, host launch included
-            import triton.testing
-
-            torch.cuda.synchronize()
-            print(f"scalar_mix_kernels: no CUDA graph ({type(exc).__name__}: {exc}); do_bench instead, host launch "
-                  "cost included", file=sys.stderr)
-            return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+        graph, _ = capture_graph(fn)
         ms = time_fn(graph.replay, device, reps=30, warmup=3)["median_ms"] / GRAPH_CALLS
         del graph
         return ms
@@ -77,9 +71,12 @@ def time_pair(timer, fn_a, fn_b):
 
 
 def kernel_cases(B, T, H, L, dtype, device):
-    """``{kernel: (fn(aligned), bytes)}`` for the four passes, with fixed random inputs."""
+    """``{kernel: (fn(aligned), bytes)}`` for the four passes, with fixed random inputs: each ``fn`` launches the
+    kernel alone, with the launcher's configuration (tiles, warps, the vector variant unless ``aligned=False``)
+    and its pointer tables, outputs and workspaces made once beforehand. (Through the launchers, a call captured
+    in a CUDA graph also captured one fill per address for its new tables: up to 50 small launches per call.)"""
     from bermo.kernels import scalar_mix_triton as k
-    from bermo.kernels.layout import acc_dtype
+    from bermo.kernels.layout import acc_dtype, as_rows, pointer_table
 
     gen = torch.Generator(device="cpu").manual_seed(0)
     acc = acc_dtype(dtype)
@@ -87,16 +84,63 @@ def kernel_cases(B, T, H, L, dtype, device):
     g = torch.randn(B, T, H, generator=gen).to(device=device, dtype=dtype)
     coef = torch.rand(L, generator=gen).to(device=device, dtype=acc)
     center = torch.randn(L, generator=gen).to(device=device, dtype=acc)
+    alpha, beta = (torch.randn(L, generator=gen).to(device=device, dtype=acc) for _ in range(2))
     row_mask = (torch.rand(B * T, generator=gen) > 0.2).to(device=device, dtype=acc)
-    need = [True] * L
+    layout, views = as_rows(layers)
+    grads = [torch.empty_like(v) for v in views]
+    out = torch.empty_like(layers[0])
+    table, gtable = pointer_table(views, device), pointer_table(grads, device)
+    block_r, block_c, warps = k.block_config(dtype, layout.cols)
+    programs = k._programs(layout, block_r, block_c)
+    partials = torch.empty(programs, 3 * L + 1, dtype=acc, device=device)
+    dims = (layout.rows, layout.cols, layout.row_stride, L)
+    tiles = dict(BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps)
     N, esize = B * T * H, torch.empty((), dtype=dtype).element_size()
+
+    def forward(a):
+        k.scalar_mix_fwd_kernel[(programs,)](table, coef, center, out, *dims,
+                                             ALIGNED=k._aligned(layout, views, a), **tiles)
+
+    def backward(a):
+        k.scalar_mix_bwd_kernel[(programs,)](g, table, gtable, coef, center, partials, *dims, COMPUTE_DOTS=True,
+                                             WRITE_GRADS=True, ALIGNED=k._aligned(layout, views + grads, a), **tiles)
+
+    def stats(a):
+        k.ln_stats_kernel[(programs,)](table, row_mask, partials, *dims, DTYPE=k.triton_dtype(dtype),
+                                       ALIGNED=k._aligned(layout, views, a), **tiles)
+
+    def ln_backward(a):
+        k.ln_bwd_kernel[(programs,)](g, table, gtable, row_mask, coef, alpha, beta, center, *dims,
+                                     ALIGNED=k._aligned(layout, views + grads, a), **tiles)
+
+    def check():
+        """The direct launches compute what the launchers do (same arguments, in the same order)."""
+        need = [True] * L
+        for a in (None, False):
+            forward(a)
+            backward(a)  # (stats below reuse the workspace: these sums are compared first)
+            want = k.mix_forward(layers, coef, center, aligned=a)
+            torch.testing.assert_close(out, want, rtol=0, atol=0, msg=f"forward (aligned={a})")
+            want_grads, want_sums = k.mix_backward(g, layers, coef, center, need, True, aligned=a)
+            for got, w in zip(grads, want_grads):
+                torch.testing.assert_close(got.view_as(w), w, rtol=0, atol=0, msg=f"backward (aligned={a})")
+            sums = partials.view(-1)[:programs * (L + 1)].view(programs, L + 1).sum(0)  # (its rows are L + 1 long)
+            torch.testing.assert_close(sums, want_sums, msg=f"backward sums (aligned={a})")
+            stats(a)
+            count, mean, m2, shift = k.ln_stats(layers, row_mask, aligned=a)
+            torch.testing.assert_close(partials, torch.cat([count[:, None], mean, m2, shift], 1), rtol=0, atol=0,
+                                       msg=f"ln_stats (aligned={a})")
+            ln_backward(a)
+            want_grads = k.ln_backward(g, layers, row_mask, coef, alpha, beta, center, need, aligned=a)
+            for got, w in zip(grads, want_grads):
+                torch.testing.assert_close(got.view_as(w), w, rtol=0, atol=0, msg=f"ln_backward (aligned={a})")
+
+    check()
     return {
-        "forward": (lambda a: k.mix_forward(layers, coef, center, aligned=a), (L + 1) * N * esize),
-        "backward": (lambda a: k.mix_backward(g, layers, coef, center, need, True, aligned=a),
-                     (2 * L + 1) * N * esize),
-        "ln_stats": (lambda a: k.ln_stats(layers, row_mask, aligned=a), L * N * esize),
-        "ln_backward": (lambda a: k.ln_backward(g, layers, row_mask, coef, coef, coef, center, need, aligned=a),
-                        (2 * L + 1) * N * esize),
+        "forward": (forward, (L + 1) * N * esize),
+        "backward": (backward, (2 * L + 1) * N * esize),
+        "ln_stats": (stats, L * N * esize),
+        "ln_backward": (ln_backward, (2 * L + 1) * N * esize),
     }
 
 
@@ -251,8 +295,9 @@ def main(argv=None) -> int:
     if args.tune:
         print(tune(device, timer, copy_bw, quick=args.quick))
     if not args.no_save:
-        notes = (f"Measured copy bandwidth: {copy_bw:.0f} GB/s. Kernel time alone (median replay of a CUDA graph "
-                 f"of {GRAPH_CALLS} calls over {GRAPH_CALLS}, L2 flushed before each replay). Bytes: forward "
+        notes = (f"Measured copy bandwidth: {copy_bw:.0f} GB/s. Kernel time alone (the kernels launched directly, "
+                 f"{GRAPH_CALLS} calls in a CUDA graph, the median of 30 replays after an L2 flush each, divided by "
+                 f"{GRAPH_CALLS}). Bytes: forward "
                  "(L+1)N, backward (2L+1)N, ln_stats LN, ln_backward (2L+1)N elements. "
                  + lines[0] + ".")
         for row in rows:

@@ -150,7 +150,8 @@ def test_whole_model_graph_rows(monkeypatch, capsys):
     """pruned_throughput's whole-model CUDA-graph rows (written without a GPU: the capture is faked here): each
     graph row compares with the dense model's graph row, call rows with the dense call; a model whose capture
     fails, or whose replayed logits differ from its eager call's, is reported and left out."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "1"))  # (the module sets it at import)
     import torch
 
     import pruned_throughput as pt

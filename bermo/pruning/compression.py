@@ -36,9 +36,9 @@ FLOAT16_CAP = 0.3
 #     32x32    1.37 2.02 1.96    1.07 1.51 1.31    0.47 0.47 0.39
 #     64x64    1.54 1.97 2.60    1.27 1.58 1.56    0.52 0.65 0.46
 # Time grows about linearly with density, so 32x32 and 64x64 cross over near 0.12-0.19: 0.1 is the last measured
-# density that gains on every shape. An H200 (2026-11-27) agrees: 32x32 1.30 2.07 1.95 at 0.05, 1.04 1.51 1.32 at
-# 0.1; 64x64 1.45 2.06 2.40, 1.20 1.61 1.56. Device time only: see compress's docstring for eager calls. float32 on a GPU (an ``ieee`` Triton product against cuBLAS) is not measured:
-# only fully pruned layers.
+# density that gains on every shape. An H200 (2026-11-27) agrees: 32x32 1.30 2.07 1.95 at 0.05, 1.04 1.51 1.32
+# at 0.1; 64x64 1.45 2.06 2.40, 1.20 1.61 1.56. Device time only: see compress's docstring for eager calls.
+# float32 on a GPU (an ``ieee`` Triton product against cuBLAS) is not measured: only fully pruned layers.
 GPU_DENSITY_CROSSOVER: Dict[Tuple[int, int], float] = {(16, 16): 0.0, (32, 32): 0.1, (64, 64): 0.1}
 
 
@@ -428,12 +428,13 @@ def compress(model: nn.Module, crossover: Optional[float] = None, target_dtype: 
 
     The GPU table is device time, which is what a model captured in CUDA graphs runs
     (``torch.compile(mode="reduce-overhead")``, ``torch.cuda.graph``). Called eagerly from Python, each
-    ``BlockSparseLinear`` also costs a Triton launch on the host, about 0.2-0.3 ms on the lent H100/H200 VMs
-    against 0.08-0.12 ms for a dense layer's call, more than the device time it saves at BERT-base sizes: there,
-    eager calls ran 0.30-0.41x a dense layer at every density, and a BERT-base classifier compressed at 0.05
-    (most layers block-sparse) 0.45x the dense model's tokens/s at 32 x 128 tokens
-    (``benchmarks/results/pruned_throughput_cuda-*.md``). For eager GPU inference pass ``crossover=0`` (the
-    model is then smaller by its removed neurons and heads only), or capture the compressed model.
+    ``BlockSparseLinear`` also costs its host work, a Triton launch included: on the lent H200 VM a whole call
+    took 0.20-0.67 ms against 0.03-0.20 ms for a dense layer's, more than the device time it saves at BERT-base
+    sizes: 0.3-0.44x a dense layer's call with 32x32 and 64x64 blocks at every density (0.14-0.33x on the H100
+    VM), and a BERT-base classifier compressed at 0.05 (most layers block-sparse) ran at 0.45x the dense
+    model's tokens/s at 32 x 128 tokens (``benchmarks/results/*_cuda-*.md``). For eager GPU inference pass a
+    negative ``crossover`` (no layer block-sparse; ``0`` still makes fully pruned layers block-sparse, each a
+    launch): the model is then smaller by its removed neurons and heads only. Or capture the compressed model.
 
     Pass ``crossover`` (a float) to override for every layer: 0 makes only fully pruned layers block-sparse, 1
     every blockwise layer, a negative value none.
