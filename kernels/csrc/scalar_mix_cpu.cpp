@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <ostream>
 #include <type_traits>
 #include <vector>
 
@@ -236,11 +237,116 @@ struct BwdVec {
 #define BERMO_DISPATCH(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
+// Argument checks of the entry points, O(L) each. The launchers (kernels/scalar_mix_cpu.py) only make valid
+// calls; these stop a direct call with a wrong dtype, shape, stride or device from reading or writing out of
+// bounds. Every loop addresses layer k's element (r, c) at xs[k] + r * stride + c, a contiguous output or
+// gradient at r * cols + c, and indexes the coefficient vectors by k < L and the row mask by r < rows.
+// An argument's name for the messages, "xs[3]" or "out", formatted only when a check fails (no string is built
+// per layer on every call).
+struct Arg {
+  Arg(const char* n, int64_t i = -1) : name(n), index(i) {}  // NOLINT: implicit from a literal
+  const char* name;
+  int64_t index;
+};
+
+std::ostream& operator<<(std::ostream& os, const Arg& a) {
+  os << a.name;
+  if (a.index >= 0) os << "[" << a.index << "]";
+  return os;
+}
+
+void check_cpu(const at::Tensor& t, const Arg& name) {
+  TORCH_CHECK(t.device().is_cpu() && t.layout() == at::kStrided, "bermo scalar_mix: ", name,
+              " must be a strided CPU tensor; got one on ", t.device(), " with layout ", t.layout());
+}
+
+// The layers' common dtype (one of the four the kernels take), after checking that every layer is a
+// (rows, cols) CPU view with strides (stride, 1) in that dtype.
+at::ScalarType check_layers(const std::vector<at::Tensor>& xs, int64_t rows, int64_t cols, int64_t stride) {
+  TORCH_CHECK(rows >= 0 && cols >= 0 && stride >= 0,
+              "bermo scalar_mix: rows, cols and stride must be non-negative; got ", rows, ", ", cols, ", ", stride);
+  TORCH_CHECK(!xs.empty(), "bermo scalar_mix: xs must hold at least one layer; got none");
+  const auto dtype = xs[0].scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
+              "bermo scalar_mix: xs must be float32, float64, float16 or bfloat16; got ", dtype);
+  for (size_t k = 0; k < xs.size(); ++k) {
+    const at::Tensor& x = xs[k];
+    check_cpu(x, Arg("xs", static_cast<int64_t>(k)));
+    TORCH_CHECK(x.scalar_type() == dtype, "bermo scalar_mix: xs[", k, "] must have the dtype of xs[0] (", dtype,
+                "); got ", x.scalar_type());
+    TORCH_CHECK(x.dim() == 2 && x.size(0) == rows && x.size(1) == cols, "bermo scalar_mix: xs[", k,
+                "] must be a (rows, cols) = (", rows, ", ", cols, ") view; got shape ", x.sizes());
+    TORCH_CHECK((rows <= 1 || x.stride(0) == stride) && (cols <= 1 || x.stride(1) == 1), "bermo scalar_mix: xs[",
+                k, "] must have strides (stride, 1) = (", stride, ", 1); got ", x.strides());
+  }
+  return dtype;
+}
+
+// A contiguous output (or output gradient) of rows * cols elements in the layers' dtype.
+void check_rows_out(const at::Tensor& t, const Arg& name, at::ScalarType dtype, int64_t rows,
+                    int64_t cols) {
+  check_cpu(t, name);
+  TORCH_CHECK(t.scalar_type() == dtype, "bermo scalar_mix: ", name, " must have the layers' dtype (", dtype,
+              "); got ", t.scalar_type());
+  TORCH_CHECK(t.is_contiguous(), "bermo scalar_mix: ", name, " must be contiguous; got strides ", t.strides(),
+              " for shape ", t.sizes());
+  TORCH_CHECK(t.numel() == rows * cols, "bermo scalar_mix: ", name, " must hold rows * cols = ", rows, " * ", cols,
+              " elements; got shape ", t.sizes());
+}
+
+// A contiguous (n,) vector in the accumulation type.
+void check_vector(const at::Tensor& t, const Arg& name, at::ScalarType acc, int64_t n) {
+  check_cpu(t, name);
+  TORCH_CHECK(t.scalar_type() == acc, "bermo scalar_mix: ", name, " must be in the accumulation type ", acc,
+              "; got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == n, "bermo scalar_mix: ", name, " must have shape (", n, ",); got ",
+              t.sizes());
+  TORCH_CHECK(t.is_contiguous(), "bermo scalar_mix: ", name, " must be contiguous; got strides ", t.strides());
+}
+
+// A contiguous (tiles, width) buffer of per-tile partial sums in the accumulation type.
+void check_partials(const at::Tensor& t, at::ScalarType acc, int64_t tiles, int64_t width) {
+  check_cpu(t, "partials");
+  TORCH_CHECK(t.scalar_type() == acc, "bermo scalar_mix: partials must be in the accumulation type ", acc,
+              "; got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == tiles && t.size(1) == width,
+              "bermo scalar_mix: partials must have shape (num_tiles, ", width, ") = (", tiles, ", ", width,
+              "); got ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), "bermo scalar_mix: partials must be contiguous; got strides ", t.strides());
+}
+
+// The per-layer gradient outputs: one per layer, each empty (no gradient) or a contiguous rows * cols output.
+void check_grads(const std::vector<at::Tensor>& grads, size_t L, at::ScalarType dtype, int64_t rows,
+                 int64_t cols) {
+  TORCH_CHECK(grads.size() == L, "bermo scalar_mix: grads must hold one tensor per layer (", L, "); got ",
+              grads.size());
+  for (size_t k = 0; k < L; ++k)
+    if (grads[k].numel()) check_rows_out(grads[k], Arg("grads", static_cast<int64_t>(k)), dtype, rows, cols);
+}
+
+// The 0/1 row mask: a contiguous (rows,) vector in the accumulation type. (With no elements at all, nothing
+// is read: the launcher's mask then keeps the rows of the original shape, which a zero-width last dimension
+// turns into rows = 0.)
+void check_row_mask(const at::Tensor& m, at::ScalarType acc, int64_t rows, int64_t cols) {
+  check_cpu(m, "row_mask");
+  TORCH_CHECK(m.scalar_type() == acc, "bermo scalar_mix: row_mask must be in the accumulation type ", acc,
+              "; got ", m.scalar_type());
+  TORCH_CHECK(m.dim() == 1 && (m.size(0) == rows || rows * cols == 0),
+              "bermo scalar_mix: row_mask must have shape (rows,) = (", rows, ",); got ", m.sizes());
+  TORCH_CHECK(m.is_contiguous(), "bermo scalar_mix: row_mask must be contiguous; got strides ", m.strides());
+}
+
 }  // namespace
 
 // out = sum_k coef[k] * (xs[k] - center[k]); out is contiguous (rows, cols).
 void mix_forward(const std::vector<at::Tensor>& xs, const at::Tensor& coef, const at::Tensor& center,
                  at::Tensor& out, int64_t rows, int64_t cols, int64_t stride) {
+  const auto dtype = check_layers(xs, rows, cols, stride);
+  const auto acc = at::toOpMathType(dtype);
+  const int64_t L = static_cast<int64_t>(xs.size());
+  check_vector(coef, "coef", acc, L);
+  check_vector(center, "center", acc, L);
+  check_rows_out(out, "out", dtype, rows, cols);
   Tiles tiles(rows, cols, stride);
   BERMO_DISPATCH(out.scalar_type(), "bermo_mix_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -248,7 +354,6 @@ void mix_forward(const std::vector<at::Tensor>& xs, const at::Tensor& coef, cons
     const acc_t* a = coef.data_ptr<acc_t>();
     const acc_t* mu = center.data_ptr<acc_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    const int64_t L = static_cast<int64_t>(x.size());
     tiles.run([&](int64_t, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
       for (int64_t r = r0; r < r1; ++r) mix_row(x.data(), L, a, mu, r * stride, o + r * cols, c0, c1);
     });
@@ -260,8 +365,16 @@ void mix_forward(const std::vector<at::Tensor>& xs, const at::Tensor& coef, cons
 void mix_backward(const at::Tensor& grad_out, const std::vector<at::Tensor>& xs, std::vector<at::Tensor> grads,
                   const at::Tensor& coef, const at::Tensor& center, at::Tensor& partials, int64_t rows,
                   int64_t cols, int64_t stride) {
+  const auto dtype = check_layers(xs, rows, cols, stride);
+  const auto acc = at::toOpMathType(dtype);
+  const int64_t L = static_cast<int64_t>(xs.size());
+  check_rows_out(grad_out, "grad_out", dtype, rows, cols);
+  check_grads(grads, xs.size(), dtype, rows, cols);
+  check_vector(coef, "coef", acc, L);
+  check_vector(center, "center", acc, L);
   Tiles tiles(rows, cols, stride);
-  const bool dots = partials.numel() > 0;
+  const bool dots = partials.numel() > 0;  // empty: no sums wanted
+  if (dots) check_partials(partials, acc, tiles.count, L + 1);
   BERMO_DISPATCH(grad_out.scalar_type(), "bermo_mix_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto x = bases<scalar_t>(xs);
@@ -270,7 +383,6 @@ void mix_backward(const at::Tensor& grad_out, const std::vector<at::Tensor>& xs,
     const acc_t* mu = center.data_ptr<acc_t>();
     const scalar_t* go = grad_out.data_ptr<scalar_t>();
     acc_t* part = dots ? partials.data_ptr<acc_t>() : nullptr;
-    const int64_t L = static_cast<int64_t>(x.size());
     tiles.run([&](int64_t t, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
       std::vector<acc_t> dot(static_cast<size_t>(L), acc_t(0));
       acc_t gsum = 0;
@@ -308,13 +420,17 @@ void mix_backward(const at::Tensor& grad_out, const std::vector<at::Tensor>& xs,
 // statistics: masked rows are summed times zero, which is 0 for finite values and NaN otherwise.
 void ln_stats(const std::vector<at::Tensor>& xs, const at::Tensor& row_mask, at::Tensor& partials, int64_t rows,
               int64_t cols, int64_t stride) {
+  const auto dtype = check_layers(xs, rows, cols, stride);
+  const auto acc = at::toOpMathType(dtype);
+  const int64_t L = static_cast<int64_t>(xs.size());
+  check_row_mask(row_mask, acc, rows, cols);
   Tiles tiles(rows, cols, stride);
+  check_partials(partials, acc, tiles.count, 3 * L + 1);
   BERMO_DISPATCH(xs[0].scalar_type(), "bermo_ln_stats", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto x = bases<scalar_t>(xs);
     const acc_t* m = row_mask.data_ptr<acc_t>();
     acc_t* part = partials.data_ptr<acc_t>();
-    const int64_t L = static_cast<int64_t>(x.size());
     tiles.run([&](int64_t t, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
       const int64_t w = c1 - c0;
       acc_t n = 0;
@@ -361,6 +477,16 @@ _Pragma("omp simd reduction(+ : m2)")
 void ln_backward(const at::Tensor& grad_out, const std::vector<at::Tensor>& xs, std::vector<at::Tensor> grads,
                  const at::Tensor& row_mask, const at::Tensor& coef, const at::Tensor& alpha,
                  const at::Tensor& beta, const at::Tensor& center, int64_t rows, int64_t cols, int64_t stride) {
+  const auto dtype = check_layers(xs, rows, cols, stride);
+  const auto acc = at::toOpMathType(dtype);
+  const int64_t L = static_cast<int64_t>(xs.size());
+  check_rows_out(grad_out, "grad_out", dtype, rows, cols);
+  check_grads(grads, xs.size(), dtype, rows, cols);
+  check_row_mask(row_mask, acc, rows, cols);
+  check_vector(coef, "coef", acc, L);
+  check_vector(alpha, "alpha", acc, L);
+  check_vector(beta, "beta", acc, L);
+  check_vector(center, "center", acc, L);
   Tiles tiles(rows, cols, stride);
   BERMO_DISPATCH(grad_out.scalar_type(), "bermo_ln_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -369,7 +495,6 @@ void ln_backward(const at::Tensor& grad_out, const std::vector<at::Tensor>& xs, 
     const acc_t *m = row_mask.data_ptr<acc_t>(), *a = coef.data_ptr<acc_t>(), *al = alpha.data_ptr<acc_t>(),
                 *be = beta.data_ptr<acc_t>(), *mu = center.data_ptr<acc_t>();
     const scalar_t* go = grad_out.data_ptr<scalar_t>();
-    const int64_t L = static_cast<int64_t>(x.size());
     tiles.run([&](int64_t, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
       for (int64_t k = 0; k < L; ++k) {
         if (!gx[k]) continue;
