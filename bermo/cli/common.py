@@ -15,6 +15,18 @@ class CommandError(Exception):
     """A bad input to a ``bermo`` command: the message says what is wrong and how to fix it."""
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` showing each option's default the way argparse's ``ArgumentDefaultsHelpFormatter`` does
+    ("(default: 32)" after the help text), except for defaults of None or False: flags, and options whose default
+    is worked out later, whose help says in words what it is ("default: --lr") where argparse would print
+    "(default: None)". A help string holding ``%(default)s`` places the default itself (nothing is appended)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def add_data_arguments(parser: argparse.ArgumentParser, need_train: bool = True) -> None:
     group = parser.add_argument_group("data (a GLUE task by name, or local files)")
     group.add_argument("--task", help="a GLUE task (sst2, mnli, qqp, ...), loaded through HF datasets from the hub")
@@ -24,7 +36,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, need_train: bool = True)
     group.add_argument("--test-file", help="test data, same format (labels optional)")
     group.add_argument("--text-columns", help="comma-separated text column(s), e.g. 'sentence' or "
                                               "'question1,question2' (default: inferred from the header)")
-    group.add_argument("--label-column", default="label", help="the label column (default: label)")
+    group.add_argument("--label-column", default="label", help="the label column")
     group.add_argument("--max-length", type=int, default=128, help="tokens per example after truncation")
 
 

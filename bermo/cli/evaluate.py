@@ -18,14 +18,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="a saved classifier folder (e.g. <output-dir>/model)")
     add_data_arguments(parser, need_train=False)
     parser.add_argument("--train-file", help=argparse.SUPPRESS)
-    parser.add_argument("--split", default="validation", choices=("train", "validation", "test"))
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-eval-samples", type=int, help="evaluate on the first N examples")
+    parser.add_argument("--split", default="validation", choices=("train", "validation", "test"),
+                        help="the split of the data to score")
+    parser.add_argument("--batch-size", type=int, default=64, help="examples per forward pass")
+    parser.add_argument("--max-eval-samples", type=int, help="evaluate on the first N examples (default: all)")
     parser.add_argument("--output", help="also write the metrics as JSON here")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when there is one)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                        help="the model's weights and activations for inference (bfloat16 / float16: half the "
-                             "memory traffic on a GPU)")
+                        help="the model's weights and activations for inference; bfloat16 / float16 halve the "
+                             "memory traffic on a GPU")
 
 
 def load_classifier(path: str):

@@ -16,7 +16,7 @@ import os
 import sys
 from typing import List, Optional
 
-from .common import CommandError
+from .common import CommandError, HelpFormatter
 
 COMMANDS = {
     "train": ("train", "fine-tune BERT or BERMo on a text-classification task, optionally pruning and compressing"),
@@ -30,10 +30,11 @@ COMMANDS = {
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(prog="bermo", description=__doc__.split("\n\n")[0].replace("``", ""))
+    parser = argparse.ArgumentParser(prog="bermo", description=__doc__.split("\n\n")[0].replace("``", ""),
+                                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in COMMANDS.items():
-        command = sub.add_parser(name, help=help_text, description=help_text)
+        command = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         mod = importlib.import_module(f"{__package__}.{module}")
         mod.add_arguments(command)
         command.set_defaults(handler=mod.run)

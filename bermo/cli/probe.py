@@ -19,17 +19,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                          "into <output-dir>/tasks")
     parser.add_argument("--tasks", help="comma-separated task names (default: every task in --tasks-dir)")
     parser.add_argument("--classifier", choices=("logreg", "mlp"), default="logreg",
-                        help="the probe (default logreg); word_content is always probed with logreg, as in SentEval")
-    parser.add_argument("--pooling", choices=("mean", "cls"), default="mean")
+                        help="the probe; word_content is always probed with logreg, as in SentEval")
+    parser.add_argument("--pooling", choices=("mean", "cls"), default="mean",
+                        help="the sentence representation: the mean of its tokens' vectors (padding excluded), "
+                             "or the [CLS] vector")
     parser.add_argument("--no-mix", action="store_true", help="probe the layers only, without the learned mix")
     parser.add_argument("--grid", choices=("small", "senteval"), default="small",
-                        help="hyperparameter grid chosen on dev accuracy (senteval: the full protocol, slower)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-size", type=int, default=2000, help="with --corpus: examples per task and split")
-    parser.add_argument("--dev-size", type=int, default=500)
-    parser.add_argument("--test-size", type=int, default=500)
+                        help="hyperparameter grid chosen on dev accuracy; senteval is the full protocol, slower")
+    parser.add_argument("--batch-size", type=int, default=64, help="sentences per batch when encoding")
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per sentence after truncation")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the probes' training and, with --corpus, of building the tasks")
+    parser.add_argument("--train-size", type=int, default=2000, help="with --corpus: training examples per task")
+    parser.add_argument("--dev-size", type=int, default=500, help="with --corpus: dev examples per task")
+    parser.add_argument("--test-size", type=int, default=500, help="with --corpus: test examples per task")
 
 
 def run(args: argparse.Namespace) -> Any:

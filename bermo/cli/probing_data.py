@@ -13,10 +13,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", required=True, help="a folder of NLTK word/tag files (e.g. the Brown corpus)")
     parser.add_argument("--output-dir", required=True, help="one folder per task goes here")
     parser.add_argument("--tasks", help="comma-separated task names (default: all)")
-    parser.add_argument("--train-size", type=int, default=2000)
-    parser.add_argument("--dev-size", type=int, default=500)
-    parser.add_argument("--test-size", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-size", type=int, default=2000, help="training examples per task")
+    parser.add_argument("--dev-size", type=int, default=500, help="dev examples per task")
+    parser.add_argument("--test-size", type=int, default=500, help="test examples per task")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the sentences' sampling; the same inputs give identical files")
 
 
 def task_names(text):

@@ -48,29 +48,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", required=True, help="where the model, checkpoints, curve and summary go")
     add_data_arguments(parser)
     group = parser.add_argument_group("training")
-    group.add_argument("--max-train-samples", type=int, help="train on a seeded random subset of this many examples")
-    group.add_argument("--max-eval-samples", type=int, help="evaluate on the first N dev examples")
+    group.add_argument("--max-train-samples", type=int,
+                       help="train on a seeded random subset of this many examples (default: all of them)")
+    group.add_argument("--max-eval-samples", type=int, help="evaluate on the first N dev examples (default: all)")
     group.add_argument("--subset-seed", type=int, default=0,
-                       help="seed of the --max-train-samples subset (fixed apart from --seed, so runs with "
-                            "different seeds train on the same examples; default 0)")
-    group.add_argument("--epochs", type=float, default=3.0)
-    group.add_argument("--max-steps", type=int, default=-1, help="optimizer steps (overrides --epochs)")
-    group.add_argument("--batch-size", type=int, default=32, help="per process")
-    group.add_argument("--eval-batch-size", type=int, default=64)
-    group.add_argument("--gradient-accumulation-steps", type=int, default=1)
+                       help="seed of the --max-train-samples subset, fixed apart from --seed so that runs with "
+                            "different seeds train on the same examples")
+    group.add_argument("--epochs", type=float, default=3.0,
+                       help="passes over the training data, may be fractional; a --max-steps above 0 overrides it")
+    group.add_argument("--max-steps", type=int, default=-1,
+                       help="optimizer steps; above 0 it overrides --epochs (default: %(default)s, i.e. train for "
+                            "--epochs)")
+    group.add_argument("--batch-size", type=int, default=32, help="training batch size, per process")
+    group.add_argument("--eval-batch-size", type=int, default=64, help="evaluation batch size, per process")
+    group.add_argument("--gradient-accumulation-steps", type=int, default=1,
+                       help="batches whose gradients are summed into one optimizer step")
     group.add_argument("--lr", type=float, default=2e-5, help="the encoder's learning rate")
     group.add_argument("--mix-lr", type=float, default=DEFAULT_MIX_LR,
-                       help=f"the BERMo mix's learning rate (its scalars and gamma; default {DEFAULT_MIX_LR:g}: at "
+                       help="the BERMo mix's learning rate (its scalars and gamma; default %(default)s: at "
                             "the encoder's rate the mixing weights barely move)")
     group.add_argument("--head-lr", type=float, help="the classifier's learning rate (default: --lr)")
-    group.add_argument("--weight-decay", type=float, default=0.01)
+    group.add_argument("--weight-decay", type=float, default=0.01, help="the optimizer's weight decay")
     group.add_argument("--warmup-ratio", type=float, default=0.0,
                        help="linear learning-rate warm-up over this share of the steps, then linear decay")
-    group.add_argument("--seed", type=int, default=42)
+    group.add_argument("--seed", type=int, default=42,
+                       help="random seed: the new head's initialisation, dropout and the order of the examples")
     group.add_argument("--eval-steps", type=int, default=50, help="evaluate (and log the curve) every N steps")
-    group.add_argument("--logging-steps", type=int, default=10)
+    group.add_argument("--logging-steps", type=int, default=10,
+                       help="log the training loss (to curve.json) every N steps")
     group.add_argument("--save-steps", type=int, help="checkpoint every N steps (default: --eval-steps; 0: never)")
-    group.add_argument("--save-total-limit", type=int, default=2)
+    group.add_argument("--save-total-limit", type=int, default=2,
+                       help="checkpoints kept in --output-dir; older ones are deleted")
     group.add_argument("--resume", nargs="?", const="last", metavar="CHECKPOINT",
                        help="continue from a checkpoint: a checkpoint folder, or (no value) the last one in "
                             "--output-dir")
@@ -91,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("pruning (bermo.pruning; the encoder's linears become MaskedLinear)")
     group.add_argument("--prune", choices=METHODS, help="the pruning method (default: no pruning)")
     group.add_argument("--block", default="32",
-                       help="mask block: N (NxN), OxI, 'row' (whole output neurons) or 'col' (default 32)")
+                       help="mask block: N (NxN), OxI, 'row' (whole output neurons) or 'col'")
     group.add_argument("--final-density", type=float, help="topK / magnitude: the fraction of weights kept at the end")
     group.add_argument("--final-threshold", type=float,
                        help="threshold / sigmoied_threshold: the threshold at the end")
