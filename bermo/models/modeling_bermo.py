@@ -17,6 +17,11 @@ from . import _autoregister
 from .configuration_bermo import BermoConfig
 
 
+try:  # transformers >= 5 gathers hidden states through forward hooks, installed lazily at the first call
+    from transformers.utils.output_capturing import maybe_install_capturing_hooks as _install_capturing_hooks
+except ImportError:  # transformers 4: hidden states gathered by the encoder's loop, no hooks
+    _install_capturing_hooks = None
+
 try:  # transformers >= 5: initialisers that leave weights loaded from a checkpoint alone
     from transformers import initialization as _hf_init
 
@@ -140,6 +145,17 @@ class BermoModel(BermoPreTrainedModel, BertModel):
             from ..pruning.compressed_checkpoint import rebuild_compressed_layout
             rebuild_compressed_layout(self)
         self.post_init()
+
+    def _replicate_for_data_parallel(self):
+        """DataParallel (what the HF Trainer makes of a model on several GPUs driven by one process) builds new
+        replicas from this module at every step, each sharing its submodules' hook dictionaries. transformers 5
+        installs its hidden-state hooks at a model's first call and marks only that model: on replicas of a
+        model never called itself, every step's replicas added one more hook to every layer, the hidden states
+        came back 2L + 1, 3L + 1, ... long and the mix read the wrong layers (silently). Installing them on this
+        module first, as the replicas are made, gives every replica the one set and the mark."""
+        if _install_capturing_hooks is not None:
+            _install_capturing_hooks(self)
+        return super()._replicate_for_data_parallel()
 
     def _check_mix_backend(self, device: torch.device) -> None:
         """The mix's forced backend (``config.mix_backend``) where it can run on ``device``; else, with a warning,

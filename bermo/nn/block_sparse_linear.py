@@ -144,10 +144,11 @@ class BlockSparseLinear(nn.Module):
     # ---------------------------------------------------------------------------------------------- forward
     def _indices_key(self):
         """What the last content check saw: the index tensors themselves (compared by identity: ``.to()``, a load
-        or an assignment makes new ones), their version counters (in-place changes) and the number of blocks."""
+        or an assignment makes new ones), their version counters (in-place changes) and the number of blocks.
+        (``self.values``, not ``self._parameters``: a DataParallel replica holds its parameters as attributes.)"""
         crow, col = self._buffers["crow_indices"], self._buffers["col_indices"]
         try:
-            return (crow, col, crow._version, col._version, self._parameters["values"].shape[0])
+            return (crow, col, crow._version, col._version, self.values.shape[0])
         except RuntimeError:  # inference-mode tensors have no version counter: check every time
             return None
 
