@@ -76,3 +76,27 @@ def test_bermo_classifier_replicas_step_after_step():
         want = model(input_ids=ids).logits
     for got in outputs:
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("method", ["topK", "threshold", "l0"])
+def test_pruned_bermo_replica_trains_the_scores(method):
+    """A BERMo classifier prepared for pruning (MaskedLinear layers) computes the same logits as a replica, and a
+    training step through a replica reaches the original scores."""
+    from bermo.models import BermoConfig, BermoForSequenceClassification
+    from bermo.pruning import prepare, set_pruning_level
+
+    torch.manual_seed(0)
+    config = BermoConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, num_labels=3, mix_backend="reference")
+    model = BermoForSequenceClassification(config)
+    prepare(model, method=method, block_shape=(16, 16), backend="reference")
+    if method == "topK":
+        set_pruning_level(model, 0.5)
+    ids = torch.randint(1, 50, (2, 7))
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(replica_of(model)(input_ids=ids).logits, model(input_ids=ids).logits)
+    model.train()
+    replica_of(model)(input_ids=ids, labels=torch.tensor([0, 2])).loss.backward()
+    scores = [p for n, p in model.named_parameters() if n.endswith("scores")]
+    assert scores and all(p.grad is not None for p in scores)
