@@ -881,3 +881,21 @@ def test_bad_crossover(crossover):
     with pytest.raises(TypeError, match="crossover"):
         compress(model, crossover=crossover)
     assert any(isinstance(m, MaskedLinear) for m in model.modules())  # untouched
+
+
+@needs_block_sparse
+@pytest.mark.slow
+def test_compressed_model_under_torch_compile():
+    """What the README advises on a GPU (capture the compressed model: torch.compile): a compressed BERMo with
+    block-sparse layers, removed neurons and a dense layer compiles (inductor, CPU here) and gives the masked
+    model's logits."""
+    model = masked_model(seed=71, keep_prob=0.4)
+    ids, mask = batch()
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).logits
+    compressed = compress(model, crossover=0.5)
+    forms = {s["form"] for s in compressed.config.compressed_layout["linears"].values()}
+    assert forms == {"block_sparse", "dense"}
+    with torch.no_grad():
+        got = torch.compile(compressed)(input_ids=ids, attention_mask=mask).logits
+    assert (got - want).abs().max().item() <= ATOL[torch.float32]
