@@ -286,7 +286,7 @@ def main(argv=None) -> int:
                                  "bytes": nbytes, "speedup": una / ms, "spread": 100 * spread})
     table = markdown_table(rows, COLUMNS)
     overhead = host_overhead_us(13, device, reps=20 if args.quick else 200)
-    lines = [f"Host overhead of one ScalarMix(13) call on a (1, 1, 16) input (device work negligible): "
+    lines = ["Host overhead of one ScalarMix(13) call on a (1, 1, 16) input (device work negligible): "
              + ", ".join(f"{mode} {us:.0f} us" for mode, us in overhead.items())]
     print(table)
     print(lines[0])

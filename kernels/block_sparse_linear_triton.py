@@ -24,6 +24,7 @@ import triton.language as tl
 
 from .device_guard import on_tensor_device
 from .dtypes import check_interpreter_mode, triton_dtype, triton_interpreting
+from .layout import cdiv
 # the float32-accumulating dot (with the interpreter's bfloat16 workaround), shared
 from .masked_linear_triton import _dot, _dot_f32  # noqa: F401  (_dot is called by the kernel)
 
@@ -158,9 +159,9 @@ def forward_with(x2d: torch.Tensor, bsr, bias: Optional[torch.Tensor],
         col32 = torch.zeros(1, dtype=torch.int32, device=x2d.device)
     bn, bk, even = tiles((bo, bi))
     bm, warps, stages = config or (BM, _warps(BM, bn), STAGES)
-    n_sub = triton.cdiv(bo, bn)
+    n_sub = cdiv(bo, bn)
     n_r = (crow32.numel() - 1) * n_sub
-    grid = (n_r * triton.cdiv(M, bm),)
+    grid = (n_r * cdiv(M, bm),)
     bsr_linear_kernel[grid](x2d, crow32, col32, v, bias if bias is not None else y, y, M, N, K, bo, bi, n_sub, n_r,
                             HAS_BIAS=bias is not None, EVEN=even, IEEE=x2d.dtype == torch.float32,
                             DOT_F32=_dot_f32(x2d), BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages)

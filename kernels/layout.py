@@ -62,6 +62,12 @@ def as_rows(tensors: Sequence[torch.Tensor]):
     return RowLayout(rows, cols, strides.pop()), views
 
 
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for the launchers' grids: ``triton.cdiv`` called from host code goes through Triton's
+    constexpr-function wrapper, ~1.5 us a call on the development CPU (a masked-linear training step made seven)."""
+    return -(-a // b)
+
+
 VECTOR_BYTES = 16  # the widest global access of a GPU thread (ld.global.v4.b32)
 
 

@@ -38,6 +38,7 @@ import triton.language as tl
 
 from .device_guard import on_tensor_device
 from .dtypes import check_interpreter_mode, triton_dtype, triton_interpreting
+from .layout import cdiv
 from .masked_linear_paths import SIDE_CHOICES, sparse_tile
 
 
@@ -311,7 +312,7 @@ def sparse_mm(a: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: O
     bm, warps, stages = tiles or MM_TILES[_bits(a.dtype)]
     chunk = list_chunk(n_t) if list_in_kernel is not False else 0
     lists = _placeholder(a.device, torch.int32) if chunk else kept_tiles(mask, block_shape, side, (N, K), transpose)
-    grid = (triton.cdiv(M, bm), n_j)
+    grid = (cdiv(M, bm), n_j)
     masked_mm_kernel[grid](a, weight, mask, bias if bias is not None else c, c, lists,
                            M, J, T, K, mask.shape[1], block_t, block_j, n_t, n_j, TRANS=transpose,
                            HAS_BIAS=bias is not None, IEEE=a.dtype == torch.float32, DOT_F32=_dot_f32(a),
@@ -327,7 +328,7 @@ def masked_weight(weight: torch.Tensor, mask: torch.Tensor, block_shape: Tuple[i
     out = torch.empty_like(weight)
     if N and K:
         t = EPILOGUE_TILE
-        masked_weight_kernel[(triton.cdiv(N, t), triton.cdiv(K, t))](
+        masked_weight_kernel[(cdiv(N, t), cdiv(K, t))](
             weight, mask, out, N, K, block_shape[0], block_shape[1], mask.shape[1], BN=t, BK=t, num_warps=4)
     return out
 
@@ -377,13 +378,13 @@ def grad_weight(dy2d: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, mas
         else _placeholder(weight.device, torch.float32)
     t = EPILOGUE_TILE
     M = dy2d.shape[0]
-    chunks = min(BIAS_CHUNKS, triton.cdiv(M, t)) if need_bias_grad and M else 0
-    chunk_rows = triton.cdiv(triton.cdiv(M, chunks), t) * t if chunks else t
+    chunks = min(BIAS_CHUNKS, cdiv(M, t)) if need_bias_grad and M else 0
+    chunk_rows = cdiv(cdiv(M, chunks), t) * t if chunks else t
     bias_partial = torch.empty((chunks, N), dtype=torch.float32, device=weight.device) if chunks \
         else _placeholder(weight.device, torch.float32)
     if N and (K or chunks):
-        k_tiles = triton.cdiv(K, t)
-        grad_epilogue_kernel[(triton.cdiv(N, t), k_tiles + chunks)](
+        k_tiles = cdiv(K, t)
+        grad_epilogue_kernel[(cdiv(N, t), k_tiles + chunks)](
             gw, weight, mask, partial, dy2d, bias_partial, N, K, M, bo, bi, mask.shape[1], K // gbk, k_tiles,
             chunk_rows, NEED_MASK_GRAD=need_mask_grad, BIAS_GRAD=chunks > 0, BN=t, BK=t, GBN=gbn, GBK=gbk,
             num_warps=4)

@@ -31,7 +31,7 @@ import triton.language as tl
 from . import layout as layout_module
 from .device_guard import on_tensor_device
 from .dtypes import SUPPORTED_DTYPES, acc_dtype, check_interpreter_mode, triton_dtype, triton_interpreting
-from .layout import RowLayout, as_rows, grad_buffers, pointer_table, vector_access_ok
+from .layout import RowLayout, as_rows, cdiv, grad_buffers, pointer_table, vector_access_ok
 
 
 @triton.jit
@@ -175,7 +175,7 @@ def block_config(dtype: torch.dtype, cols: int) -> Tuple[int, int, int]:
 
 
 def _programs(layout: RowLayout, block_r: int, block_c: int) -> int:
-    return triton.cdiv(layout.rows, block_r) * triton.cdiv(layout.cols, block_c)
+    return cdiv(layout.rows, block_r) * cdiv(layout.cols, block_c)
 
 
 _INTERPRETED = triton_interpreting()  # what the @triton.jit decorators above saw
