@@ -22,6 +22,31 @@ try:  # transformers >= 5 gathers hidden states through forward hooks, installed
 except ImportError:  # transformers 4: hidden states gathered by the encoder's loop, no hooks
     _install_capturing_hooks = None
 
+_CAPTURE_HOOKS_MODULE = "transformers.utils.output_capturing"
+
+
+def _without_capture_hooks(module: nn.Module, memo: dict) -> nn.Module:
+    """A shallow copy of ``module``'s tree (the same parameters, buffers and other hooks) without transformers'
+    hidden-state capture hooks (local closures: not picklable) and their installed-mark, which the next call
+    installs again. Modules that appear twice in the tree stay one."""
+    if id(module) in memo:
+        return memo[id(module)]
+    state = module.__dict__.copy()
+    hooks = state.get("_forward_hooks")
+    drop = [k for k, h in hooks.items() if getattr(h, "__module__", None) == _CAPTURE_HOOKS_MODULE] if hooks else []
+    if drop:
+        for name in ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
+            if name in state:
+                state[name] = type(state[name])((k, v) for k, v in state[name].items() if k not in drop)
+    state.pop("_output_capturing_hooks_installed", None)
+    clone = module.__class__.__new__(module.__class__)
+    memo[id(module)] = clone
+    state["_modules"] = {name: None if child is None else _without_capture_hooks(child, memo)
+                         for name, child in state["_modules"].items()}
+    clone.__dict__.update(state)
+    return clone
+
+
 try:  # transformers >= 5: initialisers that leave weights loaded from a checkpoint alone
     from transformers import initialization as _hf_init
 
@@ -145,6 +170,13 @@ class BermoModel(BermoPreTrainedModel, BertModel):
             from ..pruning.compressed_checkpoint import rebuild_compressed_layout
             rebuild_compressed_layout(self)
         self.post_init()
+
+    def __getstate__(self):
+        """Pickling (``torch.save`` of the module, ``copy.deepcopy``, multiprocessing): without transformers 5's
+        hidden-state hooks, which BERMo installs at its first call (it always reads the hidden states) and which
+        are local closures: a called BERMo model could not be pickled (``Can't pickle local object``). The copy
+        installs them again at its first call."""
+        return _without_capture_hooks(self, {}).__dict__
 
     def _replicate_for_data_parallel(self):
         """DataParallel (what the HF Trainer makes of a model on several GPUs driven by one process) builds new

@@ -281,6 +281,7 @@ class _Surgery:
         else:
             replacement = ckpt.no_attention_heads(config, layer_idx)
             replacement._forward_hooks.update(sa._forward_hooks)  # e.g. transformers' attention recorder
+            replacement.train(sa.training)
             attention.self = replacement
             self.dropped.extend(paths[:3])
         return removed
@@ -499,6 +500,7 @@ def compress(model: nn.Module, crossover: Optional[float] = None, target_dtype: 
         in_base = base is not None and path.startswith(prefix)
         allow_block_sparse = base is None or in_base
         module, spec = _final(p, crossover, allow_block_sparse, target_dtype, target_device)
+        module.train(model.get_submodule(path).training)  # (built in training mode: keep an eval model in eval)
         model.set_submodule(path, module)
         if in_base:
             linears[path[len(prefix):]] = spec
