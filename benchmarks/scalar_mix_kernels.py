@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (GRAPH_CALLS, add_output_args, capture_graph, copy_bandwidth_gbs, environment,  # noqa: E402
-                    markdown_table, output_dir, parse_args, time_fn, write_results)
+                    markdown_table, output_dir, parse_args, per_call, time_fn, write_results)
 
 
 def _timer(device):
@@ -44,7 +44,7 @@ def _timer(device):
 
     def timer(fn):
         graph, _ = capture_graph(fn)
-        ms = time_fn(graph.replay, device, reps=30, warmup=3)["median_ms"] / GRAPH_CALLS
+        ms = per_call(time_fn(graph.replay, device, reps=30, warmup=3))["median_ms"]
         del graph
         return ms
     return timer
@@ -210,7 +210,7 @@ def tune(device, timer, copy_bw, quick=False):
                 for aligned in (True, False):
                     block_c = 256
                     block_r = tile // block_c
-                    grid = (triton_cdiv(layout.rows, block_r) * triton_cdiv(layout.cols, block_c),)
+                    grid = (k._programs(layout, block_r, block_c),)  # the launchers' program count
                     partials = torch.empty(grid[0], L + 1, device=device)
 
                     def fwd():
@@ -235,10 +235,6 @@ def tune(device, timer, copy_bw, quick=False):
     return "# tile sweep, bfloat16\n" + markdown_table(rows, [
         ("shape", "shape", ""), ("kernel", "kernel", ""), ("tile", "tile", ""), ("warps", "warps", ""),
         ("aligned", "aligned", ""), ("us", "us", "{:.1f}"), ("GB/s", "gbs", "{:.0f}"), ("% copy", "pct_copy", "{:.0f}%")])
-
-
-def triton_cdiv(a, b):
-    return (a + b - 1) // b
 
 
 COLUMNS = [("shape", "shape", ""), ("dtype", "dtype", ""), ("kernel", "kernel", ""), ("access", "access", ""),

@@ -92,3 +92,15 @@ def batch(B: int = 3, T: int = 9, vocab: int = 60, seed: int = 0):
     mask[0, 6:] = 0
     mask[2, 4:] = 0
     return ids, mask
+
+
+def tiny_bermo_config(**kw):
+    """The tiny BERMo configuration the model tests share (2 layers of width 32, no dropout, the mix's reference
+    backend); keywords override its settings."""
+    from bermo.models import BermoConfig
+
+    base = dict(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                max_position_embeddings=32, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                mix_backend="reference")
+    base.update(kw)
+    return BermoConfig(**base)

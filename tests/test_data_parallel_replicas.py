@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bermo.nn import BlockSparseLinear, ScalarMix
-from helpers import needs_cpu_kernels
+from helpers import needs_cpu_kernels, tiny_bermo_config
 
 
 def replica_of(module: torch.nn.Module) -> torch.nn.Module:
@@ -60,11 +60,10 @@ def test_bermo_classifier_replicas_step_after_step():
     step, as DataParallel makes them, from a model never called itself: transformers 5 installed its hidden-state
     hooks on each step's replicas, into the hook dictionaries they share with the model, so the hidden states
     grew by L per step (3, 5, 7, ... for two layers) and the mix read the wrong ones."""
-    from bermo.models import BermoConfig, BermoForSequenceClassification
+    from bermo.models import BermoForSequenceClassification
 
     torch.manual_seed(0)
-    config = BermoConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, num_labels=3, mix_backend="reference")
+    config = tiny_bermo_config()
     model = BermoForSequenceClassification(config).eval()
     ids = torch.randint(1, 50, (2, 7))
     outputs = []
@@ -82,12 +81,11 @@ def test_bermo_classifier_replicas_step_after_step():
 def test_pruned_bermo_replica_trains_the_scores(method):
     """A BERMo classifier prepared for pruning (MaskedLinear layers) computes the same logits as a replica, and a
     training step through a replica reaches the original scores."""
-    from bermo.models import BermoConfig, BermoForSequenceClassification
+    from bermo.models import BermoForSequenceClassification
     from bermo.pruning import prepare, set_pruning_level
 
     torch.manual_seed(0)
-    config = BermoConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, num_labels=3, mix_backend="reference")
+    config = tiny_bermo_config()
     model = BermoForSequenceClassification(config)
     prepare(model, method=method, block_shape=(16, 16), backend="reference")
     if method == "topK":

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bermo.nn import BlockSparseLinear, MaskedLinear, ScalarMix
-from helpers import needs_cpu_kernels
+from helpers import needs_cpu_kernels, tiny_bermo_config as tiny_config
 from test_data_parallel_replicas import replica_of
 
 METHODS = ["magnitude", "topK", "threshold", "sigmoied_threshold", "l0"]
@@ -46,16 +46,6 @@ def block_sparse(backend, seed=0, keep=0.5):
     mask = torch.rand(4, 3, generator=g) < keep
     w = torch.randn(64, 48, generator=g) * torch.kron(mask.float(), torch.ones(16, 16))
     return BlockSparseLinear.from_dense(w, torch.randn(64, generator=g), (16, 16), backend=backend), w
-
-
-def tiny_config(**kw):
-    from bermo.models import BermoConfig
-
-    base = dict(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                max_position_embeddings=32, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                mix_backend="reference")
-    base.update(kw)
-    return BermoConfig(**base)
 
 
 def compressed_bermo(backend="reference", crossover=1.0, seed=0):

@@ -11,12 +11,12 @@ from safetensors import safe_open
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
-from bermo.models import BermoConfig, BermoForSequenceClassification, BermoModel, BermoPreTrainedModel
+from bermo.models import BermoForSequenceClassification, BermoModel, BermoPreTrainedModel
 from bermo.nn import MaskedLinear
 from bermo.pruning import compressed_checkpoint as ckpt
 from bermo.pruning import compress, load_compressed
 from bermo.pruning.compression import default_crossover
-from helpers import batch
+from helpers import batch, tiny_bermo_config as tiny_config
 
 BlockSparseLinear = ckpt._block_sparse_class()
 needs_block_sparse = pytest.mark.skipif(BlockSparseLinear is None, reason="bermo.nn.BlockSparseLinear not there yet")
@@ -27,14 +27,6 @@ DTYPES = [torch.float32, torch.bfloat16]
 ATOL = {torch.float32: 2e-5, torch.bfloat16: 6e-2}
 BLOCK = (16, 16)
 PRUNED, KEPT = -1.0, 1.0
-
-
-def tiny_config(**kw):
-    base = dict(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                max_position_embeddings=32, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                mix_backend="reference")
-    base.update(kw)
-    return BermoConfig(**base)
 
 
 def masked_model(seed=0, cls=BermoForSequenceClassification, block_shape=BLOCK, method="threshold",

@@ -22,7 +22,7 @@ try:  # transformers >= 5 gathers hidden states through forward hooks, installed
 except ImportError:  # transformers 4: hidden states gathered by the encoder's loop, no hooks
     _install_capturing_hooks = None
 
-_CAPTURE_HOOKS_MODULE = "transformers.utils.output_capturing"
+_CAPTURE_HOOKS_MODULE = getattr(_install_capturing_hooks, "__module__", None)  # where the hooks' closures live
 
 
 def _without_capture_hooks(module: nn.Module, memo: dict) -> nn.Module:
@@ -33,7 +33,8 @@ def _without_capture_hooks(module: nn.Module, memo: dict) -> nn.Module:
         return memo[id(module)]
     state = module.__dict__.copy()
     hooks = state.get("_forward_hooks")
-    drop = [k for k, h in hooks.items() if getattr(h, "__module__", None) == _CAPTURE_HOOKS_MODULE] if hooks else []
+    drop = ([k for k, h in hooks.items() if getattr(h, "__module__", None) == _CAPTURE_HOOKS_MODULE]
+            if hooks and _CAPTURE_HOOKS_MODULE else [])
     if drop:
         for name in ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
             if name in state:
