@@ -538,6 +538,24 @@ def test_torchrun_two_processes_end_with_the_same_model(tiny, tmp_path):
     # pruning under DDP (masks derived from parameters DDP keeps in step) is tested in test_pruning_distributed.py
 
 
+def test_a_run_destroys_the_process_group_it_started_and_keeps_the_callers(tmp_path):
+    """Under torchrun a process that exits with its gloo group alive can abort at interpreter exit (it did once in
+    CI's DDP test); `bermo train` destroys the group the Trainer started, never one its caller started."""
+    import torch.distributed as dist
+
+    from bermo.cli.train import close_process_group
+
+    for ours in (False, True):
+        dist.init_process_group("gloo", init_method="file://" + str(tmp_path / f"store{ours}"), rank=0, world_size=1)
+        try:
+            close_process_group(ours=ours)
+            assert dist.is_initialized() is not ours
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    close_process_group(ours=True)  # no group: nothing to do
+
+
 @pytest.mark.parametrize("arch,extra", [("bermo", ()), ("bert", ("--prune", "topK", "--final-density", "0.5",
                                                                   "--block", "16"))], ids=["bermo", "bert-pruned"])
 def test_train_in_bf16_mixed_precision(tiny, tmp_path, arch, extra):

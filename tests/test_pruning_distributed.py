@@ -69,6 +69,8 @@ def _worker(rank, world, port, out_dir):
                     "scores": {n: m.scores.detach().clone() for n, m in masked_linears(model)},
                     "state": {k: v.detach().clone() for k, v in model.state_dict().items()}},
                    os.path.join(out_dir, f"rank{rank}.pt"))
+        # neither rank tears its transport down while the other may still use it (tests/test_models_distributed.py)
+        dist.barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -381,6 +381,19 @@ def replicas_agree(model) -> Optional[bool]:
     return all(d == every[0] for d in every)
 
 
+def close_process_group(ours: bool) -> None:
+    """End a run under torchrun: every process waits for the others (process 0 saves last), then the process group
+    the Trainer started is destroyed. A process that left with its gloo/NCCL group alive could die at interpreter
+    exit (SIGABRT, "terminate called without an active exception") and fail the launch; a group the caller
+    started is left as it was."""
+    import torch.distributed as dist
+
+    if ours and dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def last_checkpoint(output_dir: str, resume: str) -> str:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -495,6 +508,15 @@ def write_run_options(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
+    import torch.distributed as dist
+
+    group_before = dist.is_available() and dist.is_initialized()
+    summary = train_and_save(args)
+    close_process_group(ours=not group_before)
+    return summary
+
+
+def train_and_save(args: argparse.Namespace) -> Dict[str, Any]:
     check_options(args)
     doomed = check_output_dir(args)
     started = time.time()
