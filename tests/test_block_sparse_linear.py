@@ -386,6 +386,34 @@ def test_module_rechecks_replaced_indices():
         layer(x)
 
 
+def test_a_layer_built_under_inference_mode_says_why_it_is_slow(monkeypatch):
+    """Inference tensors carry no version counter, so such a layer checks its indices (and, on the CPU kernel,
+    packs its values) at every call: right answers, at a cost it names once; a layer built normally says nothing,
+    also when called under inference_mode."""
+    import bermo.nn.block_sparse_linear as module
+
+    w, b, _ = _dense_layer()
+    x = torch.randn(3, 96)
+    monkeypatch.setattr(module, "_warned_inference_tensors", False)
+    plain = BlockSparseLinear.from_dense(w, b, (32, 32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.inference_mode():
+            plain(x)
+            plain(x)
+        plain(x)
+    with torch.inference_mode():
+        layer = BlockSparseLinear.from_dense(w, b, (32, 32))
+    with pytest.warns(UserWarning, match="inference tensors.*Build or load the model outside inference_mode"):
+        with torch.inference_mode():
+            y = layer(x)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("error")  # once per process
+        y2 = layer(x)
+    torch.testing.assert_close(y, x @ w.T + b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y2, y, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("backend", ["cpu", "reference"] if HAS_NINJA else ["reference"])
 def test_inference_calls_skip_autograd_and_match(backend):
     """Without gradients to record (no_grad, or nothing requiring them) a call goes to the kernels' op directly:
