@@ -185,6 +185,26 @@ def test_cpu_paths(monkeypatch, dtype, path):
 
 
 @needs_cpu_kernels
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_cpu_kernel_large_output(monkeypatch, bias):
+    """An output past kStreamBytes (8 MB of float32: written with non-temporal stores where the CPU has them),
+    whole microtiles written straight from the registers and a tail microtile through the tile buffer, rows with
+    no kept block (the bias alone), 1 and 2 threads giving the same bits."""
+    from bermo.kernels import block_sparse_linear_cpu as cpu
+
+    monkeypatch.setattr(cpu, "MAX_BLOCK_DENSITY", float("inf"))
+    N, K, bs = 1024, 64, (32, 32)
+    case = make_case(N, K, bs, 0.3, torch.float32, lead=(2101,), bias=bias)
+    assert 2101 * N * 4 > 8 << 20 and not case["mask"].all(1).all() and (~case["mask"]).all(1).any()
+    torch.set_num_threads(1)  # (the autouse fixture restores the thread count)
+    y1 = run(case, "cpu", "cpu", grads=False)[0]
+    torch.set_num_threads(2)
+    y2 = run(case, "cpu", "cpu", grads=False)[0]
+    assert torch.equal(y1, y2)
+    compare((y2,), reference(case, bs)[:1], torch.float32, "large output: ")
+
+
+@needs_cpu_kernels
 def test_cpu_plan():
     from bermo.kernels import block_sparse_linear_cpu as cpu
 

@@ -13,8 +13,11 @@
 // tokens and, for each OW-wide slice of the row's outputs, accumulates a TT x OW tile in registers over the
 // row's kept blocks only (a broadcast of x per token and input feature, NV vector loads of the panel, TT x NV
 // FMAs). A row's panels are taken in runs that fit kPanelBytes, so each run is read from L1 by every microtile
-// of the chunk (the partial sums wait in a small tile buffer between runs). The bias is added before the one
-// rounding to the output dtype; a large float32 output is written with non-temporal stores.
+// of the chunk (the partial sums wait in a small tile buffer between runs). The last run of a full microtile
+// writes its registers straight to the output (a tail microtile, or a slice narrower than OW, goes through the
+// tile buffer): 5-20% faster than writing every tile through the buffer (float32 FFN shapes, 0.1 of the 32x32
+// blocks, 1024 tokens, 1 and 2 threads). The bias is added before the one rounding to the output dtype; a large
+// float32 output is written with non-temporal stores.
 //
 // Determinism: every output value is computed by one task, which adds its terms in a fixed order (the row's
 // kept blocks in index order, then the block's input features), whatever the thread count.
@@ -66,20 +69,16 @@ constexpr int64_t kPad = 16;            // panels' output side is padded to a mu
 constexpr int64_t kSerialFmas = 1 << 21;  // below this many multiply-adds a product runs on one thread
 constexpr int64_t kStreamBytes = 1 << 23;  // outputs larger than this are written past the caches (float32)
 
-// tile[t][c] (+)= sum over the run's blocks q, in order, of sum_{k < bi} A[(col_off[q] + k) * TT + t] *
-// B[q][k * ldb + c], for t < TT, c < NV * L. A is a microtile of x packed feature-major (TT tokens per input
+// acc[t][v] += sum over the run's blocks q, in order, of sum_{k < bi} A[(col_off[q] + k) * TT + t] *
+// B[q][k * ldb + v * L + c], for t < TT, c < L. A is a microtile of x packed feature-major (TT tokens per input
 // feature, so a block's operand is one contiguous run); B[q] points at the block's panel, offset to the slice.
 template <typename acc_t, int NV, int TT>
-inline void micro(const acc_t* A, const int64_t* col_off, const acc_t* const* B, int64_t nq, int64_t bi,
-                  int64_t ldb, acc_t* tile, bool accumulate) {
+__attribute__((always_inline)) inline void run_blocks(typename Simd<acc_t>::V (&acc)[TT][NV], const acc_t* A,
+                                                      const int64_t* col_off, const acc_t* const* B, int64_t nq,
+                                                      int64_t bi, int64_t ldb) {
   using S = Simd<acc_t>;
   using V = typename S::V;
   constexpr int L = S::L;
-  V acc[TT][NV];
-#pragma GCC unroll 16
-  for (int t = 0; t < TT; ++t)
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) acc[t][v] = accumulate ? S::load(tile + (t * NV + v) * L) : S::zero();
   for (int64_t q = 0; q < nq; ++q) {
     const acc_t* a = A + col_off[q] * TT;
     const acc_t* b = B[q];
@@ -95,10 +94,61 @@ inline void micro(const acc_t* A, const int64_t* col_off, const acc_t* const* B,
       }
     }
   }
+}
+
+// The TT x NV * L register tile: zero, or the partial sums of the earlier runs from the tile buffer.
+template <typename acc_t, int NV, int TT>
+__attribute__((always_inline)) inline void start_tile(typename Simd<acc_t>::V (&acc)[TT][NV], const acc_t* tile,
+                                                      bool accumulate) {
+  using S = Simd<acc_t>;
 #pragma GCC unroll 16
   for (int t = 0; t < TT; ++t)
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) S::store(tile + (t * NV + v) * L, acc[t][v]);
+    for (int v = 0; v < NV; ++v) acc[t][v] = accumulate ? S::load(tile + (t * NV + v) * S::L) : S::zero();
+}
+
+// One run of a row's blocks for one microtile, the partial sums kept in the tile buffer.
+template <typename acc_t, int NV, int TT>
+inline void micro(const acc_t* A, const int64_t* col_off, const acc_t* const* B, int64_t nq, int64_t bi,
+                  int64_t ldb, acc_t* tile, bool accumulate) {
+  using S = Simd<acc_t>;
+  typename S::V acc[TT][NV];
+  start_tile<acc_t, NV, TT>(acc, tile, accumulate);
+  run_blocks<acc_t, NV, TT>(acc, A, col_off, B, nq, bi, ldb);
+#pragma GCC unroll 16
+  for (int t = 0; t < TT; ++t)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) S::store(tile + (t * NV + v) * S::L, acc[t][v]);
+}
+
+// The row's last run for a microtile of TT whole tokens and a full-width slice: the sums go straight to the
+// output rows dst (stride ldd) with the bias (or none), one rounding, without a pass through the tile buffer.
+template <typename scalar_t, typename acc_t, int NV, int TT>
+inline void micro_out(const acc_t* A, const int64_t* col_off, const acc_t* const* B, int64_t nq, int64_t bi,
+                      int64_t ldb, const acc_t* tile, bool accumulate, const acc_t* bias, scalar_t* dst,
+                      int64_t ldd, bool stream) {
+  using S = Simd<acc_t>;
+  using V = typename S::V;
+  constexpr int L = S::L;
+  V acc[TT][NV];
+  start_tile<acc_t, NV, TT>(acc, tile, accumulate);
+  run_blocks<acc_t, NV, TT>(acc, A, col_off, B, nq, bi, ldb);
+  V bv[NV];
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) bv[v] = bias ? S::load(bias + v * L) : S::zero();
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (stream) {
+#pragma GCC unroll 16
+      for (int t = 0; t < TT; ++t)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) stream_store(dst + t * ldd + v * L, acc[t][v] + bv[v]);
+      return;
+    }
+  }
+#pragma GCC unroll 16
+  for (int t = 0; t < TT; ++t)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) S::store(dst + t * ldd + v * L, acc[t][v] + bv[v]);
 }
 
 // dst (TT x n, feature-major: dst[k * TT + t]) = rows [r0, r0 + TT) of src (T, n) in the accumulation type,
@@ -165,17 +215,28 @@ void forward_impl(const scalar_t* A, int64_t T, int64_t K, const int64_t* crow, 
         for (int64_t q = 0; q < ne; ++q) offs[q] = col[e0 + q] * bi;
         for (int64_t s = 0; s < slices; ++s) {
           for (int64_t q = 0; q < ne; ++q) bs[q] = panels + (e0 + q) * panel + s * OW;
+          const int64_t c0 = s * OW, width = std::min<int64_t>(OW, bo - c0);
+          const int64_t n0 = i * bo + c0;
+          int64_t direct = 0;  // microtiles [m0, m0 + direct) written straight to the output
           for (int64_t q0 = 0; q0 < std::max<int64_t>(ne, 1); q0 += run) {
             const int64_t q1 = std::min(ne, q0 + run);
-            for (int64_t m = m0; m < m1; ++m)
-              micro<acc_t, NV, TT>(xp.data() + (m - m0) * TT * K, offs.data() + q0, bs.data() + q0, q1 - q0, bi,
-                                   bo_pad, tiles.data() + (m - m0) * TT * OW, q0 > 0);
+            const bool last = q1 >= ne;
+            for (int64_t m = m0; m < m1; ++m) {
+              if (last && width == OW && (m + 1) * TT <= T) {
+                micro_out<scalar_t, acc_t, NV, TT>(xp.data() + (m - m0) * TT * K, offs.data() + q0, bs.data() + q0,
+                                                   q1 - q0, bi, bo_pad, tiles.data() + (m - m0) * TT * OW, q0 > 0,
+                                                   bias ? bias + n0 : nullptr, out + m * TT * N + n0, N, stream);
+                direct = m - m0 + 1;
+              } else {
+                micro<acc_t, NV, TT>(xp.data() + (m - m0) * TT * K, offs.data() + q0, bs.data() + q0, q1 - q0, bi,
+                                     bo_pad, tiles.data() + (m - m0) * TT * OW, q0 > 0);
+              }
+            }
           }
-          // Epilogue: bias, one rounding, only the slice's real outputs (bo may not fill the padded slice).
-          const int64_t c0 = s * OW, width = std::min<int64_t>(OW, bo - c0);
+          // Epilogue of the rest: bias, one rounding, only the slice's real outputs (bo may not fill the padded
+          // slice).
           if (width <= 0) continue;
-          const int64_t n0 = i * bo + c0;
-          for (int64_t m = m0; m < m1; ++m) {
+          for (int64_t m = m0 + direct; m < m1; ++m) {
             const int64_t rows = std::min<int64_t>(TT, T - m * TT);
             for (int64_t t = 0; t < rows; ++t) {
               scalar_t* dst = out + (m * TT + t) * N + n0;
