@@ -517,11 +517,8 @@ def test_python_dash_m_bermo_and_console_script():
 def test_torchrun_two_processes_end_with_the_same_model(tiny, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BERMO_BACKEND": "reference"}
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+    # --standalone: torchrun picks a free port itself (no window between choosing one here and binding it there)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "bermo", "train", "--arch", "bermo", "--model", tiny["model"], "--output-dir", str(out),
            "--train-file", tiny["train"], "--validation-file", tiny["dev"], "--max-steps", "3", "--eval-steps", "3",
            "--batch-size", "4", "--lr", "1e-3", "--no-progress", "--max-length", "16", "--save-steps", "0"]

@@ -1,8 +1,8 @@
 """Pruning under distributed data parallel: two CPU processes (gloo) run PruningTrainer on different data and end
 with identical scores and masks. The masks derive from parameters that DDP keeps in step (the scores, or the
 weights for magnitude) and from a schedule of the step count, so no mask is ever communicated."""
+import datetime
 import os
-import socket
 
 import pytest
 import torch
@@ -11,19 +11,16 @@ import torch.multiprocessing as mp
 pytest.importorskip("accelerate", reason="the HF Trainer needs accelerate (bermo[train])")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank, world, port, out_dir):
-    # accelerate (through TrainingArguments) starts the gloo process group from these
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
+def _worker(rank, world, out_dir):
+    # What torchrun sets: accelerate (through TrainingArguments) reads these and insists on MASTER_ADDR, but it
+    # takes a process group already started as it is: this one meets through a file store (no TCP port to choose
+    # and bind, see tests/test_models_distributed.py), so MASTER_ADDR is never used.
+    os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
     os.environ.pop("BERMO_BACKEND", None)
     torch.set_num_threads(1)
     import torch.distributed as dist
+    dist.init_process_group("gloo", init_method="file://" + os.path.join(out_dir, "rendezvous"), rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=120))
     from transformers import TrainerCallback, TrainingArguments, default_data_collator
 
     from bermo.models import BermoConfig, BermoForSequenceClassification
@@ -78,7 +75,7 @@ def _worker(rank, world, port, out_dir):
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_keep_identical_scores_and_masks(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     a = torch.load(tmp_path / "rank0.pt")
     b = torch.load(tmp_path / "rank1.pt")
     assert a["seen"].shape == (16, 8) and not torch.equal(a["seen"], b["seen"])  # the ranks saw different data
