@@ -385,7 +385,8 @@ def close_process_group(ours: bool) -> None:
     """End a run under torchrun: every process waits for the others (process 0 saves last), then the process group
     the Trainer started is destroyed. A process that left with its gloo/NCCL group alive could die at interpreter
     exit (SIGABRT, "terminate called without an active exception") and fail the launch; a group the caller
-    started is left as it was."""
+    started is left as it was. Not called when the run fails: torchrun stops the other processes then, and a
+    barrier (or NCCL's collective teardown) would wait for one that is gone."""
     import torch.distributed as dist
 
     if ours and dist.is_available() and dist.is_initialized():

@@ -25,11 +25,14 @@ def _warn_inference_tensors() -> None:
     global _warned_inference_tensors
     if not _warned_inference_tensors:
         _warned_inference_tensors = True
-        warnings.warn(f"bermo: a {NAME}'s indices (and values) are inference tensors, made under "
-                      "torch.inference_mode(): they carry no version counter, so every call checks the indices "
-                      "again (a host sync on a GPU) and the CPU kernel packs the values again (+15% on a BERT-base "
-                      "FFN layer at density 0.1, 1024 tokens). Build or load the model outside inference_mode; "
-                      "calling it inside is fine. (Said once per process.)", UserWarning, stacklevel=4)
+        # stacklevel: this function, _check_indices, forward, Module._call_impl, Module._wrapped_call_impl, the
+        # caller's line
+        warnings.warn(f"bermo: a {NAME} built or loaded under torch.inference_mode() holds index tensors without "
+                      "a version counter (inference tensors), so every call checks them again (a host sync on a "
+                      "GPU), and the CPU kernel packs its values again when they were made there too (+15% a call "
+                      "on a BERT-base FFN layer at density 0.1, 1024 tokens). Build or load the model outside "
+                      "inference_mode; calling it inside is fine. (Said once per process.)", UserWarning,
+                      stacklevel=6)
 
 
 def _index_dtype(*sizes: int) -> torch.dtype:

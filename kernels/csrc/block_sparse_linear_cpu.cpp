@@ -121,34 +121,40 @@ inline void micro(const acc_t* A, const int64_t* col_off, const acc_t* const* B,
     for (int v = 0; v < NV; ++v) S::store(tile + (t * NV + v) * S::L, acc[t][v]);
 }
 
+// One output row's slice y (NV vectors) plus the bias when there is one (none: nothing is added, so a sum of
+// -0.0 stays -0.0, as in the dense product), rounded once to the output dtype; float32 past the caches when
+// `stream`.
+template <typename scalar_t, typename acc_t, int NV>
+__attribute__((always_inline)) inline void store_row(scalar_t* dst, typename Simd<acc_t>::V (&y)[NV],
+                                                     const acc_t* bias, bool stream) {
+  using S = Simd<acc_t>;
+  constexpr int L = S::L;
+  if (bias) {
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) y[v] += S::load(bias + v * L);
+  }
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (stream) {
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) stream_store(dst + v * L, y[v]);
+      return;
+    }
+  }
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) S::store(dst + v * L, y[v]);
+}
+
 // The row's last run for a microtile of TT whole tokens and a full-width slice: the sums go straight to the
-// output rows dst (stride ldd) with the bias (or none), one rounding, without a pass through the tile buffer.
+// output rows dst (stride ldd) with the bias (or none), without a pass through the tile buffer.
 template <typename scalar_t, typename acc_t, int NV, int TT>
 inline void micro_out(const acc_t* A, const int64_t* col_off, const acc_t* const* B, int64_t nq, int64_t bi,
                       int64_t ldb, const acc_t* tile, bool accumulate, const acc_t* bias, scalar_t* dst,
                       int64_t ldd, bool stream) {
-  using S = Simd<acc_t>;
-  using V = typename S::V;
-  constexpr int L = S::L;
-  V acc[TT][NV];
+  typename Simd<acc_t>::V acc[TT][NV];
   start_tile<acc_t, NV, TT>(acc, tile, accumulate);
   run_blocks<acc_t, NV, TT>(acc, A, col_off, B, nq, bi, ldb);
-  V bv[NV];
-#pragma GCC unroll 8
-  for (int v = 0; v < NV; ++v) bv[v] = bias ? S::load(bias + v * L) : S::zero();
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (stream) {
 #pragma GCC unroll 16
-      for (int t = 0; t < TT; ++t)
-#pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v) stream_store(dst + t * ldd + v * L, acc[t][v] + bv[v]);
-      return;
-    }
-  }
-#pragma GCC unroll 16
-  for (int t = 0; t < TT; ++t)
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) S::store(dst + t * ldd + v * L, acc[t][v] + bv[v]);
+  for (int t = 0; t < TT; ++t) store_row<scalar_t, acc_t, NV>(dst + t * ldd, acc[t], bias, stream);
 }
 
 // dst (TT x n, feature-major: dst[k * TT + t]) = rows [r0, r0 + TT) of src (T, n) in the accumulation type,
@@ -242,18 +248,10 @@ void forward_impl(const scalar_t* A, int64_t T, int64_t K, const int64_t* crow, 
               scalar_t* dst = out + (m * TT + t) * N + n0;
               const acc_t* src = tiles.data() + ((m - m0) * TT + t) * OW;
               if (width == OW) {
+                typename S::V y[NV];
 #pragma GCC unroll 8
-                for (int v = 0; v < NV; ++v) {
-                  typename S::V y = S::load(src + v * L);
-                  if (bias) y += S::load(bias + n0 + v * L);
-                  if constexpr (std::is_same_v<scalar_t, float>) {
-                    if (stream) {
-                      stream_store(dst + v * L, y);
-                      continue;
-                    }
-                  }
-                  S::store(dst + v * L, y);
-                }
+                for (int v = 0; v < NV; ++v) y[v] = S::load(src + v * L);
+                store_row<scalar_t, acc_t, NV>(dst, y, bias ? bias + n0 : nullptr, stream);
               } else {
                 for (int64_t c = 0; c < width; ++c)
                   dst[c] = static_cast<scalar_t>(bias ? src[c] + bias[n0 + c] : src[c]);
