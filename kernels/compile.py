@@ -10,6 +10,11 @@ non-zero when a configuration fails to compile, spills, or when an ``aligned=Tru
 reads or writes a layer element by element (it must have fewer element-wide accesses than its
 ``aligned=False`` twin, and 16-byte vector loads). Every module of ``bermo.kernels`` that defines
 ``compile_configurations()`` is found and compiled.
+
+Triton compiles a launch whose integer argument equals 1 as another kernel, with that argument a constexpr 1
+(a runtime value is an i32 tensor, a constexpr is not: ``n.to(tl.int64)`` works on one only). So for one
+configuration per kernel and set of flags, each integer argument is also compiled as 1, in turn, for the
+newest arch asked for (lines marked ``[name=1]``).
 """
 from __future__ import annotations
 
@@ -46,6 +51,23 @@ def configurations():
         module = importlib.import_module(module_name)
         for i, cfg in enumerate(module.compile_configurations()):
             yield module_name, i, cfg[0]
+
+
+def ones_specialisations():
+    """``(module_name, index, argument)`` for each integer argument of one configuration per kernel and set of
+    boolean flags (the first the module lists)."""
+    for module_name in kernel_modules():
+        module = importlib.import_module(module_name)
+        seen = set()
+        for i, (_, fn, signature, constexprs, *_rest) in enumerate(module.compile_configurations()):
+            key = (getattr(fn, "__name__", str(fn)),
+                   tuple(sorted((k, v) for k, v in constexprs.items() if isinstance(v, bool))))
+            if key in seen:
+                continue
+            seen.add(key)
+            for name, ty in signature.items():
+                if ty in ("i32", "i64"):
+                    yield module_name, i, name
 
 
 def _resource_usage(cubin: bytes):
@@ -99,8 +121,9 @@ def _dtype_bits(label: str) -> int:
 
 
 def _compile_one(job):
-    """``(ok, line, access summary or None)`` for one configuration and arch."""
-    module_name, index, arch = job
+    """``(ok, line, access summary or None)`` for one configuration and arch (and an integer argument given as
+    the constexpr 1 a launch with that argument 1 compiles, or None)."""
+    module_name, index, arch, one = job
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -109,7 +132,10 @@ def _compile_one(job):
     label, fn, signature, constexprs, div16, warps, *stages = list(module.compile_configurations())[index]
     names = list(signature)
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n, ty in signature.items()
-             if ty.startswith("*") or n in div16}
+             if ty.startswith("*") or (n in div16 and n != one)}
+    if one is not None:
+        signature, constexprs = {**signature, one: "constexpr"}, {**constexprs, one: 1}
+        label = f"{label} [{one}=1]"
     start = time.perf_counter()
     try:
         src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
@@ -167,8 +193,9 @@ def main(argv=None) -> int:
     if triton_interpreting():
         print("TRITON_INTERPRET is set: the kernels would be interpreted, not compiled; unset it", file=sys.stderr)
         return 2
-    jobs = [(m, i, arch) for m, i, label in configurations() if args.filter in label for arch in args.arch]
     labels = {(m, i): label for m, i, label in configurations()}
+    jobs = [(m, i, arch, None) for m, i, label in configurations() if args.filter in label for arch in args.arch]
+    jobs += [(m, i, max(args.arch), one) for m, i, one in ones_specialisations() if args.filter in labels[(m, i)]]
     failures = 0
     results = {}
     start = time.perf_counter()
@@ -176,11 +203,14 @@ def main(argv=None) -> int:
         for job, (ok, line, summary) in zip(jobs, pool.map(_compile_one, jobs)):
             print(line, flush=True)
             failures += not ok
-            results[(labels[job[:2]], job[2])] = summary
+            if job[3] is None:
+                results[(labels[job[:2]], job[2])] = summary
     for line in vector_failures(results):
         print(line, flush=True)
         failures += 1
-    print(f"{len(jobs)} configurations x arch compiled in {time.perf_counter() - start:.0f}s, {failures} failed")
+    ones = sum(1 for job in jobs if job[3] is not None)
+    print(f"{len(jobs) - ones} configurations x arch and {ones} with an integer argument 1 compiled in "
+          f"{time.perf_counter() - start:.0f}s, {failures} failed")
     return 1 if failures else 0
 
 

@@ -21,13 +21,38 @@ def test_every_kernel_configuration_compiles_for_sm80_and_sm90():
     assert not [line for line in lines if line.startswith("FAIL")]
     compiled = [line for line in lines if line.startswith("ok")]
     assert any("sm_80" in line for line in compiled) and any("sm_90" in line for line in compiled)
-    from bermo.kernels.compile import configurations, kernel_modules
+    from bermo.kernels.compile import configurations, kernel_modules, ones_specialisations
 
     assert "bermo.kernels.scalar_mix_triton" in kernel_modules()  # found without a hand-kept list
-    assert len(compiled) == 2 * len(list(configurations())), lines[-1]
+    ones = [line for line in compiled if "=1]" in line]
+    assert len(compiled) - len(ones) == 2 * len(list(configurations())), lines[-1]
+    # each integer argument as the constexpr 1 a launch with it 1 compiles, on the newest arch
+    assert len(ones) == len(list(ones_specialisations())) and all(" sm_90 " in line for line in ones)
     assert lines[-1].endswith(", 0 failed")
     # Every aligned configuration's widest load is a 16-byte vector.
-    assert all("widest ld=128b" in line for line in compiled if "aligned=True" in line)
+    # (an argument of 1 can leave nothing to vectorise, a block one input wide [bi=1]: not those lines)
+    assert all("widest ld=128b" in line for line in compiled if "aligned=True" in line and line not in ones)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
+def test_every_integer_argument_of_every_kernel_is_also_compiled_as_one():
+    """A launch with an integer argument equal to 1 compiles a kernel where it is a constexpr (``n.to(...)``
+    then fails to compile): each kernel's integer arguments are all in the check's list, for every set of its
+    boolean flags."""
+    import importlib
+
+    from bermo.kernels.compile import kernel_modules, ones_specialisations
+
+    listed = {}
+    for module_name, index, name in ones_specialisations():
+        cfg = list(importlib.import_module(module_name).compile_configurations())[index]
+        listed.setdefault((module_name, cfg[1].__name__, tuple(sorted(
+            (k, v) for k, v in cfg[3].items() if isinstance(v, bool)))), set()).add(name)
+    for module_name in kernel_modules():
+        for _, fn, signature, constexprs, *_ in importlib.import_module(module_name).compile_configurations():
+            flags = tuple(sorted((k, v) for k, v in constexprs.items() if isinstance(v, bool)))
+            ints = {n for n, ty in signature.items() if ty in ("i32", "i64")}
+            assert ints <= listed[(module_name, fn.__name__, flags)]
 
 
 def test_access_report_reads_ptx():
