@@ -223,16 +223,17 @@ void forward_impl(const scalar_t* A, int64_t T, int64_t K, const int64_t* crow, 
           for (int64_t q = 0; q < ne; ++q) bs[q] = panels + (e0 + q) * panel + s * OW;
           const int64_t c0 = s * OW, width = std::min<int64_t>(OW, bo - c0);
           const int64_t n0 = i * bo + c0;
-          int64_t direct = 0;  // microtiles [m0, m0 + direct) written straight to the output
+          // Microtiles [m0, m0 + direct) hold TT whole tokens: in a full-width slice their last run goes straight
+          // to the output; the rest go through the tile buffer and the epilogue below.
+          const int64_t direct = width == OW ? std::max<int64_t>(0, std::min(m1, T / TT) - m0) : 0;
           for (int64_t q0 = 0; q0 < std::max<int64_t>(ne, 1); q0 += run) {
             const int64_t q1 = std::min(ne, q0 + run);
             const bool last = q1 >= ne;
             for (int64_t m = m0; m < m1; ++m) {
-              if (last && width == OW && (m + 1) * TT <= T) {
+              if (last && m < m0 + direct) {
                 micro_out<scalar_t, acc_t, NV, TT>(xp.data() + (m - m0) * TT * K, offs.data() + q0, bs.data() + q0,
                                                    q1 - q0, bi, bo_pad, tiles.data() + (m - m0) * TT * OW, q0 > 0,
                                                    bias ? bias + n0 : nullptr, out + m * TT * N + n0, N, stream);
-                direct = m - m0 + 1;
               } else {
                 micro<acc_t, NV, TT>(xp.data() + (m - m0) * TT * K, offs.data() + q0, bs.data() + q0, q1 - q0, bi,
                                      bo_pad, tiles.data() + (m - m0) * TT * OW, q0 > 0);
